@@ -1,0 +1,32 @@
+"""Exact equivalent mappings (eConv/ePool): dense models from strided CNNs, and back."""
+
+from dense_lightning.equivalent.convert import (
+    DenseInfo,
+    check_output_stride,
+    is_dense,
+    model_stride,
+    to_dense,
+    to_original,
+)
+from dense_lightning.equivalent.errors import Finding, NotEquivalentError
+from dense_lightning.equivalent.layers import EAvgPool2d, EConv2d, EMaxPool2d, EquivalentLayer
+from dense_lightning.equivalent.report import EquivalenceReport, OutputCheck
+from dense_lightning.equivalent.verify import verify_equivalence
+
+__all__ = [
+    "DenseInfo",
+    "EAvgPool2d",
+    "EConv2d",
+    "EMaxPool2d",
+    "EquivalenceReport",
+    "EquivalentLayer",
+    "Finding",
+    "NotEquivalentError",
+    "OutputCheck",
+    "check_output_stride",
+    "is_dense",
+    "model_stride",
+    "to_dense",
+    "to_original",
+    "verify_equivalence",
+]

@@ -1,0 +1,181 @@
+"""Lattice arithmetic for one spatial layer: original geometry in, dense geometry out.
+
+Every tensor of the original network has a reduction ``r`` (input pixels per cell). In the
+dense network the same tensor has reduction ``r' = min(r, output_stride)`` and holds the
+original cells on a lattice of step ``S = r / r'``. A layer whose input has step ``m`` keeps
+its kernel, multiplies its dilation by ``m`` and takes the stride that carries ``r'_in`` to
+``r'_out``.
+
+The one rule that makes borders exact everywhere (see DESIGN.md): every dense tensor has the
+*canonical* length ``n * S``, where ``n`` is the original tensor's length from the original
+layer's own size formula. A dense layer therefore pads (or crops) its trailing side until it
+produces exactly ``n_out * S_out`` cells, so that whatever lies past the last lattice point
+reads as the original's padding in the next layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AxisGeometry", "LatticeGeometry", "original_length", "same_padding"]
+
+
+def original_length(
+    n: int, kernel: int, stride: int, lead: int, trail: int, dilation: int, ceil_mode: bool
+) -> int:
+    """Output length of a conv/pool along one axis, as PyTorch computes it.
+
+    Args:
+        n: Input length.
+        kernel: Kernel size.
+        stride: Stride.
+        lead: Padding before the first element.
+        trail: Padding after the last element.
+        dilation: Dilation.
+        ceil_mode: Pooling ``ceil_mode`` (the last window may hang over the padding).
+
+    Returns:
+        The number of output cells.
+    """
+    span = n + lead + trail - dilation * (kernel - 1) - 1
+    if span < 0:
+        raise ValueError(
+            f"input of length {n} is smaller than the kernel extent {dilation * (kernel - 1) + 1}"
+        )
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    # PyTorch's rule: the last pooling window must start inside the input or the left padding.
+    if (out - 1) * stride >= n + lead:
+        out -= 1
+    return out
+
+
+def same_padding(n: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (as timm's ``pad_same``) for an input of length ``n``.
+
+    Returns:
+        ``(lead, trail)`` padding; the extra cell of an odd total goes to the trailing side.
+    """
+    total = max((math.ceil(n / stride) - 1) * stride + (kernel - 1) * dilation + 1 - n, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """Original and dense geometry of one layer along one spatial axis.
+
+    Attributes:
+        kernel: Kernel size.
+        stride: Original stride.
+        dilation: Original dilation.
+        padding: Original symmetric padding, or ``None`` for dynamic TF-"same" padding.
+        in_step: Lattice step ``m`` of the dense input.
+        out_step: Lattice step ``M`` of the dense output.
+        dense_stride: Stride of the dense layer.
+    """
+
+    kernel: int
+    stride: int
+    dilation: int
+    padding: int | None
+    in_step: int
+    out_step: int
+    dense_stride: int
+
+    @property
+    def dense_dilation(self) -> int:
+        """Dilation of the dense layer: the original dilation times the input step."""
+        return self.dilation * self.in_step
+
+    def original_padding(self, n: int) -> tuple[int, int]:
+        """Original ``(lead, trail)`` padding for an original input of length ``n``."""
+        if self.padding is None:
+            return same_padding(n, self.kernel, self.stride, self.dilation)
+        return self.padding, self.padding
+
+    def plan(self, length: int, ceil_mode: bool) -> tuple[int, int, int, tuple[int, int]]:
+        """Padding that makes the dense layer produce the canonical output length.
+
+        Args:
+            length: Length ``L`` of the dense input (``n_in * in_step``).
+            ceil_mode: Whether the original layer is a ``ceil_mode`` pool.
+
+        Returns:
+            ``(lead, trail, out_len, original_padding)``: dense padding before and after (a
+            negative ``trail`` crops), the dense output length ``n_out * out_step``, and the
+            original layer's own ``(lead, trail)`` padding.
+        """
+        if length % self.in_step:
+            raise ValueError(
+                f"dense input length {length} is not a multiple of its lattice step "
+                f"{self.in_step}; feed the dense model through its first layer, not mid-way"
+            )
+        n_in = length // self.in_step
+        pad = self.original_padding(n_in)
+        n_out = original_length(
+            n_in, self.kernel, self.stride, pad[0], pad[1], self.dilation, ceil_mode
+        )
+        out_len = n_out * self.out_step
+        lead = pad[0] * self.in_step
+        needed = (out_len - 1) * self.dense_stride + self.dense_dilation * (self.kernel - 1) + 1
+        return lead, needed - lead - length, out_len, pad
+
+
+@dataclass(frozen=True)
+class LatticeGeometry:
+    """Geometry of a 2-D layer: one :class:`AxisGeometry` per spatial axis (H, W)."""
+
+    h: AxisGeometry
+    w: AxisGeometry
+    ceil_mode: bool = False
+
+    @property
+    def in_step(self) -> tuple[int, int]:
+        """Lattice step of the dense input per axis."""
+        return self.h.in_step, self.w.in_step
+
+    @property
+    def out_step(self) -> tuple[int, int]:
+        """Lattice step of the dense output per axis."""
+        return self.h.out_step, self.w.out_step
+
+    @property
+    def dense_stride(self) -> tuple[int, int]:
+        """Stride of the dense layer per axis."""
+        return self.h.dense_stride, self.w.dense_stride
+
+    @property
+    def dense_dilation(self) -> tuple[int, int]:
+        """Dilation of the dense layer per axis."""
+        return self.h.dense_dilation, self.w.dense_dilation
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the dense layer is the original layer (no step before or after)."""
+        return self.in_step == (1, 1) and self.out_step == (1, 1)
+
+    def pad(self, x: torch.Tensor, value: float) -> tuple[torch.Tensor, dict[str, tuple]]:
+        """Pad (or crop) ``x`` so an unpadded dense op yields the canonical output size.
+
+        Args:
+            x: Dense input ``[N, C, H, W]``.
+            value: Fill value (0 for convolutions and average pools, -inf for max pools).
+
+        Returns:
+            The padded tensor and a dict with, per axis, the dense ``(lead, trail)`` padding,
+            the original ``(lead, trail)`` padding and the output length; the average pool
+            needs these to count the cells of each window.
+        """
+        lead_h, trail_h, out_h, orig_h = self.h.plan(x.shape[-2], self.ceil_mode)
+        lead_w, trail_w, out_w, orig_w = self.w.plan(x.shape[-1], self.ceil_mode)
+        padded = F.pad(x, (lead_w, trail_w, lead_h, trail_h), value=value)
+        info = {
+            "h": ((lead_h, trail_h), orig_h, out_h, x.shape[-2]),
+            "w": ((lead_w, trail_w), orig_w, out_w, x.shape[-1]),
+        }
+        return padded, info
