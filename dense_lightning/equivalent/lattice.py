@@ -41,17 +41,16 @@ def original_length(
     Returns:
         The number of output cells.
     """
+    # PyTorch's pooling_output_shape_pad_lr, floor division included.
     span = n + lead + trail - dilation * (kernel - 1) - 1
-    if span < 0:
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # The last pooling window must start inside the input or the left padding.
+    if ceil_mode and (out - 1) * stride >= n + lead:
+        out -= 1
+    if out < 1:
         raise ValueError(
             f"input of length {n} is smaller than the kernel extent {dilation * (kernel - 1) + 1}"
         )
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    # PyTorch's rule: the last pooling window must start inside the input or the left padding.
-    if (out - 1) * stride >= n + lead:
-        out -= 1
     return out
 
 

@@ -17,11 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense_lightning.equivalent.lattice import LatticeGeometry
+from dense_lightning.equivalent.phase import execute
 
 __all__ = ["EAvgPool2d", "EConv2d", "EMaxPool2d", "EquivalentLayer", "dense_class_for"]
 
 # Attributes a dense layer adds to the original module's __dict__; removed on restore.
-_DENSE_ATTRS = ("geometry", "original_class", "original_config")
+# The last three are execution settings (dense_lightning.equivalent.phase.set_execution).
+_DENSE_ATTRS = (
+    "geometry", "original_class", "original_config", "_execution", "_phase_block", "_phase_choice",
+)  # fmt: skip
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -92,15 +96,20 @@ def _shallow_state(module: nn.Module) -> dict[str, Any]:
 _DYNAMIC: dict[tuple[type, type], type] = {}
 
 
+# timm layers whose forward only adds dynamic TF-"same" padding to the torch op: the lattice
+# padding replaces it, so their forward is bypassed (their weights need no transform).
+_PAD_ONLY = {"Conv2dSame", "MaxPool2dSame", "AvgPool2dSame"}
+
+
 def dense_class_for(base: type, original: type) -> type:
     """The dense class for an original layer class.
 
-    Plain torch layers and timm's dynamic-"same" layers (whose own forward pads by itself and
-    must therefore be bypassed) map to ``base``; other subclasses with their own ``forward``
-    get a dense class derived from them, so their weight transform is kept.
+    Plain torch layers and timm's padding-only "same" layers map to ``base``; other subclasses
+    with their own ``forward`` (weight standardisation...) get a dense class derived from
+    them, so their forward is kept.
     """
     torch_layer = base.__mro__[2]  # EConv2d -> EquivalentLayer -> nn.Conv2d
-    if original is torch_layer or original.__name__.endswith("Same"):
+    if original is torch_layer or original.__name__ in _PAD_ONLY:
         return base
     if (base, original) not in _DYNAMIC:
         name = f"{base.__name__}_{original.__name__}"
@@ -125,9 +134,39 @@ class EConv2d(EquivalentLayer, nn.Conv2d):
             self.same_pad = False  # timm StdConv2dSame: our lattice padding replaces it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad to the canonical size, then run the (possibly subclassed) convolution."""
-        x, _ = self.geometry.pad(x, 0.0)
-        return super().forward(x)
+        """Pad to the canonical size, then run the (possibly subclassed) convolution.
+
+        After ``set_execution(model, "phase" | "auto")`` the same numbers may come from the
+        undilated kernel run on the input's phases (see :mod:`~.phase`).
+        """
+        return execute(self, x, self._run)
+
+    def _run(self, x: torch.Tensor, g: LatticeGeometry) -> torch.Tensor:
+        padding = _symmetric_padding(g, x)
+        if padding is None:
+            x, _ = g.pad(x, 0.0)
+            padding = (0, 0)
+        if type(self) is EConv2d:
+            return F.conv2d(
+                x, self.weight, self.bias, g.dense_stride, padding, g.dense_dilation, self.groups
+            )
+        # A subclass (StdConv2d...) transforms its weight in its own forward, which reads
+        # these attributes: set them for the call, put the dense ones back after.
+        kept = self.padding, self.dilation
+        self.padding, self.dilation = padding, g.dense_dilation
+        try:
+            return super().forward(x)
+        finally:
+            self.padding, self.dilation = kept
+
+
+def _symmetric_padding(g: LatticeGeometry, x: torch.Tensor) -> tuple[int, int] | None:
+    """The conv padding when the canonical plan pads both sides alike (no copy needed)."""
+    lead_h, trail_h, _, _ = g.h.plan(x.shape[-2], g.ceil_mode)
+    lead_w, trail_w, _, _ = g.w.plan(x.shape[-1], g.ceil_mode)
+    if lead_h == trail_h >= 0 and lead_w == trail_w >= 0:
+        return lead_h, lead_w
+    return None
 
 
 class EMaxPool2d(EquivalentLayer, nn.MaxPool2d):
@@ -143,8 +182,16 @@ class EMaxPool2d(EquivalentLayer, nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad to the canonical size with -inf, then max-pool without padding."""
-        x, _ = self.geometry.pad(x, float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation)
+        return execute(self, x, self._run)
+
+    def _run(self, x: torch.Tensor, g: LatticeGeometry) -> torch.Tensor:
+        kh, kw = _pair(self.kernel_size)
+        padding = _symmetric_padding(g, x)
+        # max_pool2d pads with -inf itself, but only up to half the kernel.
+        if padding is None or padding[0] > kh // 2 or padding[1] > kw // 2:
+            x, _ = g.pad(x, float("-inf"))
+            padding = (0, 0)
+        return F.max_pool2d(x, (kh, kw), g.dense_stride, padding, g.dense_dilation)
 
 
 class EAvgPool2d(EquivalentLayer, nn.AvgPool2d):
@@ -173,7 +220,9 @@ class EAvgPool2d(EquivalentLayer, nn.AvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sum each dilated window, then divide by the original layer's cell count."""
-        g = self.geometry
+        return execute(self, x, self._run)
+
+    def _run(self, x: torch.Tensor, g: LatticeGeometry) -> torch.Tensor:
         padded, info = g.pad(x, 0.0)
         kh, kw = _pair(self.kernel_size)
         channels = x.shape[1]
@@ -185,7 +234,9 @@ class EAvgPool2d(EquivalentLayer, nn.AvgPool2d):
             return total / self.divisor_override
         count_h = self._axis_counts(g.h, info["h"], padded.shape[-2], x)
         count_w = self._axis_counts(g.w, info["w"], padded.shape[-1], x)
-        return total / (count_h[:, None] * count_w[None, :])
+        # A cell off the lattice whose window lies wholly in padding counts nothing (its sum is
+        # 0): it must read as zero padding downstream, not as 0 / 0.
+        return total / (count_h[:, None] * count_w[None, :]).clamp_min(1)
 
     def _axis_counts(
         self, axis: Any, info: tuple, padded_len: int, like: torch.Tensor

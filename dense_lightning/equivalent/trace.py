@@ -166,9 +166,7 @@ def _first_in_chans(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
-    raise ValueError(
-        f"{type(model).__name__} has no Conv2d, MaxPool2d or AvgPool2d layer to convert"
-    )
+    return 3  # only pools: any channel count works
 
 
 def trace_model(
