@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: venv demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dense-lightning fit --config configs/segmentation/quickstart.yaml
 
-## The whole test suite (slow tests included), as CI runs it.
+## The whole test suite (lint, then every test, slow ones included), as CI runs it.
 test: $(STAMP)
+	$(BIN)/ruff check dense_lightning tests benchmarks
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 ## Fast tests only.
