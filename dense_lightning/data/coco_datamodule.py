@@ -1,0 +1,292 @@
+"""DataModules over local COCO-format detection and keypoint annotations (no downloads).
+
+Paths of annotation files and image folders are relative to ``root`` (absolute paths work too).
+The training annotation file is the source of truth for the label set and keypoint metadata:
+reading ``num_classes`` or ``keypoint_names`` loads it once (cached, and reused by ``setup``),
+so the attributes are available before ``setup`` for linking into a task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+
+from dense_lightning.data.base import (
+    BaseDataModule,
+    Split,
+    check_range,
+    check_scale_range,
+    collate_detection,
+    collate_keypoints,
+)
+from dense_lightning.data.coco import (
+    COCODetectionDataset,
+    COCOKeypointsDataset,
+    keypoint_category,
+    load_coco,
+)
+from dense_lightning.data.transforms import flip_pairs_from_names
+
+__all__ = ["COCODataModule", "COCODetectionDataModule", "COCOKeypointsDataModule"]
+
+
+class COCODataModule(BaseDataModule):
+    """Split bookkeeping and cached annotation loading shared by the COCO DataModules.
+
+    ``test`` falls back to the validation annotations and images when ``test_ann`` is None;
+    ``predict`` uses the ``test`` files. Only ``train`` is augmented.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_ann: str,
+        val_ann: str,
+        test_ann: str | None,
+        train_images: str,
+        val_images: str,
+        test_images: str | None,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        augment: bool,
+        scale_min: float,
+        scale_max: float,
+        pin_memory: bool,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        check_range("image_size", image_size, 1)
+        self.root = root
+        self.image_size = image_size
+        self.augment = augment
+        self.scale_range = check_scale_range(scale_min, scale_max)
+        test = (test_ann or val_ann, test_images or val_images)
+        self.split_files: dict[Split, tuple[str, str]] = {
+            "train": (train_ann, train_images),
+            "val": (val_ann, val_images),
+            "test": test,
+            "predict": test,
+        }
+        self._cocos: dict[Path, COCO] = {}
+
+    def ann_path(self, split: Split) -> Path:
+        """The annotation file of ``split``."""
+        return Path(self.root) / self.split_files[split][0]
+
+    def coco(self, split: Split) -> COCO:
+        """The loaded annotations of ``split``, cached per file."""
+        path = self.ann_path(split)
+        if path not in self._cocos:
+            self._cocos[path] = load_coco(path)
+        return self._cocos[path]
+
+
+class COCODetectionDataModule(COCODataModule):
+    """Object detection from COCO JSON; batches via :func:`collate_detection`.
+
+    Labels are contiguous, ``0 .. num_classes - 1``, in order of the sorted category ids of the
+    training file (``category_ids[label]`` maps back). See :mod:`dense_lightning.data.coco`
+    for how samples map back to the original images (``image_id``, ``orig_size``, ``scale``).
+
+    Args:
+        root: dataset root.
+        train_ann: training annotation file.
+        val_ann: validation annotation file.
+        test_ann: test annotation file; ``None`` uses ``val_ann``.
+        train_images: folder of training images.
+        val_images: folder of validation images.
+        test_images: folder of test images; ``None`` uses ``val_images``.
+        image_size: side of the square samples (letterboxed).
+        batch_size: samples per batch.
+        num_workers: dataloader workers.
+        augment: random scale, crop and horizontal flip for training.
+        scale_min: smallest training scale (1.0 = letterbox size).
+        scale_max: largest training scale.
+        pin_memory: pin host memory of batches.
+    """
+
+    collate_fn = staticmethod(collate_detection)
+
+    def __init__(
+        self,
+        root: str,
+        train_ann: str = "annotations/instances_train2017.json",
+        val_ann: str = "annotations/instances_val2017.json",
+        test_ann: str | None = None,
+        train_images: str = "train2017",
+        val_images: str = "val2017",
+        test_images: str | None = None,
+        image_size: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        scale_min: float = 0.75,
+        scale_max: float = 1.25,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root,
+            train_ann=train_ann,
+            val_ann=val_ann,
+            test_ann=test_ann,
+            train_images=train_images,
+            val_images=val_images,
+            test_images=test_images,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            pin_memory=pin_memory,
+        )
+        self.save_hyperparameters()
+
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO category id of each contiguous label."""
+        return sorted(self.coco("train").cats)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes (background excluded)."""
+        return len(self.category_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Category name of each label."""
+        cats = self.coco("train").cats
+        return [cats[c].get("name", str(c)) for c in self.category_ids]
+
+    def build_dataset(self, split: Split) -> COCODetectionDataset:
+        """Build and validate the detection dataset of ``split``."""
+        ann, images = self.split_files[split]
+        return COCODetectionDataset(
+            self.root,
+            ann,
+            images,
+            image_size=self.image_size,
+            augment=self.augment and split == "train",
+            scale_range=self.scale_range,
+            category_ids=self.category_ids,
+            coco=self.coco(split),
+        )
+
+
+class COCOKeypointsDataModule(COCODataModule):
+    """Keypoint estimation from COCO keypoints JSON; batches via :func:`collate_keypoints`.
+
+    Keypoint names and skeleton come from the keypoint category of the training file (the only
+    category with keypoints, or ``category_id``); ``flip_pairs`` pairs ``left_x``/``right_x``
+    names unless given. Labels are all 0 (one category).
+
+    Args:
+        root: dataset root.
+        train_ann: training annotation file.
+        val_ann: validation annotation file.
+        test_ann: test annotation file; ``None`` uses ``val_ann``.
+        train_images: folder of training images.
+        val_images: folder of validation images.
+        test_images: folder of test images; ``None`` uses ``val_images``.
+        image_size: side of the square samples (letterboxed).
+        batch_size: samples per batch.
+        num_workers: dataloader workers.
+        augment: random scale, crop and horizontal flip (swapping left/right) for training.
+        scale_min: smallest training scale (1.0 = letterbox size).
+        scale_max: largest training scale.
+        category_id: the category with keypoints; default the only one that has any.
+        flip_pairs: explicit left/right keypoint index pairs.
+        pin_memory: pin host memory of batches.
+    """
+
+    collate_fn = staticmethod(collate_keypoints)
+
+    def __init__(
+        self,
+        root: str,
+        train_ann: str = "annotations/person_keypoints_train2017.json",
+        val_ann: str = "annotations/person_keypoints_val2017.json",
+        test_ann: str | None = None,
+        train_images: str = "train2017",
+        val_images: str = "val2017",
+        test_images: str | None = None,
+        image_size: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        scale_min: float = 0.75,
+        scale_max: float = 1.25,
+        category_id: int | None = None,
+        flip_pairs: list[tuple[int, int]] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root,
+            train_ann=train_ann,
+            val_ann=val_ann,
+            test_ann=test_ann,
+            train_images=train_images,
+            val_images=val_images,
+            test_images=test_images,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            pin_memory=pin_memory,
+        )
+        self.save_hyperparameters()
+        self.category_id = category_id
+        self._explicit_flip_pairs = flip_pairs
+        self.num_classes = 1
+
+    @property
+    def category(self) -> dict[str, Any]:
+        """The COCO category (of the training file) whose keypoints are estimated."""
+        return keypoint_category(self.coco("train"), self.ann_path("train"), self.category_id)
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        """Names of the keypoints, in order."""
+        return list(self.category["keypoints"])
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoints per instance."""
+        return len(self.keypoint_names)
+
+    @property
+    def skeleton(self) -> list[tuple[int, int]]:
+        """0-based keypoint index pairs joined by a bone (COCO stores them 1-based)."""
+        return [(a - 1, b - 1) for a, b in self.category.get("skeleton", [])]
+
+    @property
+    def flip_pairs(self) -> list[tuple[int, int]]:
+        """Left/right keypoint index pairs swapped by a horizontal flip."""
+        if self._explicit_flip_pairs is not None:
+            return [(int(a), int(b)) for a, b in self._explicit_flip_pairs]
+        return flip_pairs_from_names(self.keypoint_names)
+
+    def build_dataset(self, split: Split) -> COCOKeypointsDataset:
+        """Build and validate the keypoints dataset of ``split``."""
+        ann, images = self.split_files[split]
+        dataset = COCOKeypointsDataset(
+            self.root,
+            ann,
+            images,
+            image_size=self.image_size,
+            augment=self.augment and split == "train",
+            scale_range=self.scale_range,
+            category_id=self.category["id"],
+            flip_pairs=self.flip_pairs,
+            coco=self.coco(split),
+        )
+        if dataset.keypoint_names != self.keypoint_names:
+            raise ValueError(
+                f"{self.ann_path(split)}: keypoints {dataset.keypoint_names} differ from "
+                f"{self.keypoint_names} in {self.ann_path('train')}"
+            )
+        return dataset
