@@ -1,0 +1,92 @@
+"""DenseConversion: make any LightningModule's network dense before training starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from dense_lightning.equivalent import check_output_stride
+from dense_lightning.models import DENSE_STATE_KEY, dense_state, make_dense
+
+__all__ = ["DenseConversion"]
+
+
+def get_network(pl_module: LightningModule, attribute: str) -> nn.Module:
+    """Return ``pl_module.<attribute>``, failing clearly when it is not a module."""
+    network = getattr(pl_module, attribute, None)
+    if not isinstance(network, nn.Module):
+        raise AttributeError(
+            f"{type(pl_module).__name__} has no nn.Module attribute {attribute!r} to convert; "
+            "pass attribute=<name of the network attribute> (it must exist after __init__)."
+        )
+    return network
+
+
+class DenseConversion(Callback):
+    """Convert ``pl_module.<attribute>`` with ``to_dense`` when the trainer sets up.
+
+    Works on any LightningModule that keeps its convertible network in an attribute. The
+    hook is ``setup``: it runs before optimizers are created (they must see the converted
+    modules' parameters; conversion keeps the very same tensors anyway), before DDP wraps
+    the model, and before a checkpoint is restored, so a ``ckpt_path`` loads into the dense
+    structure. Converting a network that is already dense at this stride does nothing.
+
+    Args:
+        output_stride: total stride of the dense network (a power of two).
+        strict: refuse networks with layers that cannot be made exactly equivalent.
+        attribute: name of the network attribute on the LightningModule.
+        method: forward method of the network that ``to_dense`` traces.
+
+    Raises:
+        ValueError: ``output_stride`` is not a power of two or ``attribute`` is not a name.
+    """
+
+    def __init__(
+        self,
+        output_stride: int = 8,
+        strict: bool = True,
+        attribute: str = "model",
+        method: str = "forward",
+    ) -> None:
+        check_output_stride(output_stride)
+        if not attribute.isidentifier():
+            raise ValueError(f"attribute must be an attribute name, got {attribute!r}")
+        if not method.isidentifier():
+            raise ValueError(f"method must be a method name, got {method!r}")
+        self.output_stride = output_stride
+        self.strict = strict
+        self.attribute = attribute
+        self.method = method
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        network = get_network(pl_module, self.attribute)
+        current = dense_state(network)
+        if current is not None and current["output_stride"] != self.output_stride:
+            raise ValueError(
+                f"{type(pl_module).__name__}.{self.attribute} is already dense at output "
+                f"stride {current['output_stride']}, but DenseConversion asks for "
+                f"{self.output_stride}; keep only one of the two settings."
+            )
+        dense = make_dense(network, self.output_stride, strict=self.strict, method=self.method)
+        if dense is not network:
+            setattr(pl_module, self.attribute, dense)
+            info = dense.dense_info
+            rank_zero_info(
+                f"DenseConversion: {type(pl_module).__name__}.{self.attribute} stride "
+                f"{info.original_stride} -> {info.output_stride}"
+                + (" (approximate)" if info.approximate else "")
+            )
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Our tasks record this themselves; a user's module may not, and then the checkpoint
+        # would not say it holds a dense network.
+        states = checkpoint.setdefault(DENSE_STATE_KEY, {})
+        states.setdefault(self.attribute, dense_state(get_network(pl_module, self.attribute)))

@@ -1,0 +1,11 @@
+"""Task heads made only of local layers (no global pooling, no interpolation)."""
+
+from dense_lightning.models.heads.segmentation import (
+    SEGMENTATION_HEADS,
+    ASPPHead,
+    FCNHead,
+    LinearHead,
+    build_segmentation_head,
+)
+
+__all__ = ["SEGMENTATION_HEADS", "ASPPHead", "FCNHead", "LinearHead", "build_segmentation_head"]

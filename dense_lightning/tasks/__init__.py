@@ -1,0 +1,13 @@
+"""LightningModules: one base task, one file per task."""
+
+from dense_lightning.tasks.base import BaseTask
+from dense_lightning.tasks.detection import ObjectDetectionTask
+from dense_lightning.tasks.keypoints import KeypointEstimationTask
+from dense_lightning.tasks.segmentation import SemanticSegmentationTask
+
+__all__ = [
+    "BaseTask",
+    "KeypointEstimationTask",
+    "ObjectDetectionTask",
+    "SemanticSegmentationTask",
+]
