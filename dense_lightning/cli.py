@@ -19,9 +19,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 # Imported so that short class names ("SemanticSegmentationTask", "DenseConversion") resolve.
-import dense_lightning.callbacks
 import dense_lightning.data
-import dense_lightning.tasks
+import dense_lightning.tasks  # noqa: F401
+from dense_lightning.callbacks import default_callbacks
 
 __all__ = ["DenseLightningCLI", "create_cli", "main"]
 
@@ -46,8 +46,9 @@ class DenseLightningCLI(LightningCLI):
       run; the same config then trains on one CPU, with ``strategy: ddp`` as one process.
     - Errors in the arguments (unknown backbone, bad output stride) end the command before
       training starts, with the message on one line.
-    - After ``fit``, a short summary prints the monitored metric and, when the
-      ``InverseTransferExport`` callback ran, the dense and exported models' metrics.
+    - Every run gets a rich progress bar with the metrics that matter and, after ``fit``, a
+      summary table (best checkpoint, exports, equivalence error, dense vs exported metric),
+      unless the config lists its own progress bar or ``FitSummary``.
     """
 
     @override
@@ -72,46 +73,15 @@ class DenseLightningCLI(LightningCLI):
             print(f"dense-lightning: error: {err}", file=sys.stderr)
             raise SystemExit(2) from err
 
-    def after_fit(self) -> None:
-        """Print a short summary of the run on rank zero."""
-        if self.trainer.is_global_zero:
-            print(fit_summary(self.trainer, self.model))
-
-
-def fit_summary(trainer: Trainer, model: LightningModule) -> str:
-    """A few lines: the monitored metric, and dense vs exported metrics when exported."""
-    lines = ["", "dense-lightning fit summary"]
-    monitor = getattr(model, "monitor", None)
-    value = trainer.callback_metrics.get(monitor) if monitor else None
-    if value is not None:
-        lines.append(f"  {monitor} (last validation, dense model): {float(value):.4f}")
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
-        lines.append(f"  best checkpoint: {checkpoint.best_model_path}")
-    for callback in trainer.callbacks:
-        summary = getattr(callback, "summary", None)
-        if not isinstance(callback, dense_lightning.callbacks.InverseTransferExport) or not summary:
-            continue
-        metrics = summary["metrics"]
-        for key in sorted(metrics):
-            if key.startswith("dense_val_"):
-                name = key.removeprefix("dense_val_")
-                exported = metrics.get(f"exported_val_{name}", float("nan"))
-                lines.append(
-                    f"  val {name}: dense {metrics[key]:.4f} | exported fast model {exported:.4f}"
-                )
-        error = summary["equivalence"].get("max_rel_error", float("nan"))
-        lines.append(f"  exported == dense on the lattice (max relative error {error:.1e})")
-        dense = summary.get("dense")
-        if dense:
-            # Say why the scores differ although the networks are equivalent.
-            k = dense["original_stride"] // dense["output_stride"]
-            lines.append(
-                f"  (the exported model runs at stride {dense['original_stride']}: it computes "
-                f"every {k}th cell of the dense map, {k * k}x fewer positions)"
-            )
-        lines.append(f"  exports: {summary['dirpath']}")
-    return "\n".join(lines)
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # A rich bar with the numbers that matter and a fit summary table, unless the config
+        # brings its own.
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        kwargs.setdefault("callbacks", [*callbacks, *default_callbacks(config)])
+        return super().instantiate_trainer(**kwargs)
 
 
 def create_cli(args: ArgsType = None, run: bool = True) -> DenseLightningCLI:

@@ -43,7 +43,7 @@ def test_resume_continues_dense(run_cli, quickstart, tmp_path, capsys):
     first = run_cli("fit", "--config", quickstart, *SMALL, "--trainer.max_epochs", "1")
     assert first.trainer.global_step == 2
     out = capsys.readouterr().out
-    assert "fit summary" in out and "exported fast model" in out
+    assert "fit summary" in out and "exported model" in out
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     # Resume with a config that no longer asks for a dense model: the checkpoint decides.
     second = run_cli(

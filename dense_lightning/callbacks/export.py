@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from dense_lightning.callbacks.dense_conversion import get_network
 from dense_lightning.equivalent import EquivalenceReport, to_original, verify_equivalence
+from dense_lightning.loggers import log_export_artifacts
 from dense_lightning.models import DENSE_STATE_KEY, dense_state
 
 __all__ = ["InverseTransferExport", "atomic_write_all"]
@@ -102,6 +103,8 @@ class InverseTransferExport(Callback):
         rtol: largest accepted error relative to the largest output magnitude.
         evaluate: score the dense and exported networks on the validation set (tasks only).
         eval_batches: stop the evaluation after this many batches (``None``: whole set).
+        log_artifacts: log the exported files and the report as wandb artifacts to the
+            active ``WandbLogger`` run; no-op without one.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class InverseTransferExport(Callback):
         rtol: float = 1e-4,
         evaluate: bool = True,
         eval_batches: int | None = None,
+        log_artifacts: bool = False,
     ) -> None:
         if num_images < 1 or rtol <= 0 or (eval_batches is not None and eval_batches < 1):
             raise ValueError(
@@ -126,6 +130,7 @@ class InverseTransferExport(Callback):
         self.rtol = rtol
         self.evaluate = evaluate
         self.eval_batches = eval_batches
+        self.log_artifacts = log_artifacts
         #: Summary of the last export (paths, metrics, report), for the CLI to print.
         self.summary: dict[str, Any] | None = None
 
@@ -176,6 +181,8 @@ class InverseTransferExport(Callback):
         writers[report_path] = lambda p: p.write_text(json.dumps(summary, indent=2))
         atomic_write_all(writers)
         self.summary = summary
+        if self.log_artifacts:
+            log_export_artifacts(trainer, summary["files"], summary)
         self._announce(summary, report)
         return summary
 

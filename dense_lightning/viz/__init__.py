@@ -1,0 +1,61 @@
+"""Pictures: segmentation overlays, boxes, keypoint skeletons, and dense vs original maps."""
+
+from dense_lightning.viz.colors import (
+    class_color_mix,
+    colorize_labels,
+    colorize_probabilities,
+    heat_colormap,
+    palette,
+    to_uint8_image,
+)
+from dense_lightning.viz.draw import (
+    display_factor,
+    draw_boxes,
+    draw_skeletons,
+    ordinal,
+    overlay_mask,
+    resize_nearest,
+    tile,
+    titled,
+    to_hwc,
+    upscale,
+)
+from dense_lightning.viz.tasks import (
+    DenseComparison,
+    VizContext,
+    draw_prediction,
+    draw_target,
+    predict_images,
+    render_dense_vs_original,
+    render_predictions,
+    slice_batch,
+    split_predictions,
+)
+
+__all__ = [
+    "DenseComparison",
+    "VizContext",
+    "class_color_mix",
+    "colorize_labels",
+    "colorize_probabilities",
+    "display_factor",
+    "draw_boxes",
+    "draw_prediction",
+    "draw_skeletons",
+    "draw_target",
+    "heat_colormap",
+    "ordinal",
+    "overlay_mask",
+    "palette",
+    "predict_images",
+    "render_dense_vs_original",
+    "render_predictions",
+    "resize_nearest",
+    "slice_batch",
+    "split_predictions",
+    "tile",
+    "titled",
+    "to_hwc",
+    "to_uint8_image",
+    "upscale",
+]

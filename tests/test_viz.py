@@ -1,0 +1,304 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+from torch import nn
+
+from dense_lightning.callbacks.visualization import ValidationImageLogger
+from dense_lightning.data import (
+    SyntheticDetectionDataModule,
+    SyntheticKeypointsDataModule,
+    normalize,
+)
+from dense_lightning.equivalent import to_dense
+from dense_lightning.tasks import KeypointEstimationTask, ObjectDetectionTask
+from dense_lightning.viz import (
+    VizContext,
+    colorize_labels,
+    draw_boxes,
+    draw_prediction,
+    draw_skeletons,
+    heat_colormap,
+    ordinal,
+    overlay_mask,
+    palette,
+    render_dense_vs_original,
+    render_predictions,
+    slice_batch,
+    tile,
+    titled,
+    to_hwc,
+    to_uint8_image,
+    upscale,
+)
+
+
+def _blank(size=32, value=100):
+    return torch.full((3, size, size), value, dtype=torch.uint8)
+
+
+def test_palette_is_the_voc_palette_and_stable_across_sizes():
+    colors = palette(22)
+    assert colors.dtype == torch.uint8 and colors.shape == (22, 3)
+    assert colors[0].tolist() == [0, 0, 0]
+    assert colors[1].tolist() == [128, 0, 0] and colors[2].tolist() == [0, 128, 0]
+    assert colors[15].tolist() == [192, 128, 128]  # VOC "person"
+    assert len({tuple(c) for c in colors.tolist()}) == 22
+    assert torch.equal(palette(5), colors[:5])
+
+
+def test_colorize_labels_paints_classes_and_ignored_pixels():
+    labels = torch.tensor([[0, 1], [2, 255]])
+    image = colorize_labels(labels, num_classes=3)
+    assert image.shape == (3, 2, 2) and image.dtype == torch.uint8
+    assert image[:, 0, 1].tolist() == [128, 0, 0]
+    assert image[:, 1, 1].tolist() == [255, 255, 255]
+
+
+def test_heat_colormap_is_dark_to_bright_and_clips():
+    values = torch.linspace(-1, 2, 31).view(1, 31)
+    image = heat_colormap(values).float()
+    brightness = image.sum(dim=0)[0]
+    inside = brightness[10:21]  # values 0..1
+    assert torch.all(inside[1:] >= inside[:-1])
+    assert torch.equal(brightness[:10], brightness[10].expand(10))  # clipped below
+    with pytest.raises(ValueError, match="vmax > vmin"):
+        heat_colormap(values, vmin=1, vmax=1)
+
+
+def test_to_uint8_image_undoes_the_normalisation():
+    image = torch.rand(3, 8, 8)
+    restored = to_uint8_image(normalize(image))
+    assert restored.dtype == torch.uint8
+    assert (restored.float() - image * 255).abs().max() <= 1.0
+    batch = to_uint8_image(torch.stack([normalize(image)] * 2))
+    assert batch.shape == (2, 3, 8, 8)
+    assert torch.equal(to_uint8_image(restored), restored)
+
+
+def test_overlay_mask_leaves_background_and_ignored_pixels_alone():
+    image = _blank()
+    labels = torch.zeros(32, 32, dtype=torch.long)
+    labels[4:10, 4:10] = 2
+    labels[20:, 20:] = 255
+    out = overlay_mask(image, labels, alpha=1.0)
+    assert out[:, 5, 5].tolist() == palette(3)[2].tolist()
+    assert torch.equal(out[:, 0, 0], image[:, 0, 0])
+    assert torch.equal(out[:, 25, 25], image[:, 25, 25])
+    assert torch.equal(image, _blank())  # input untouched
+    assert torch.equal(overlay_mask(image, torch.zeros(32, 32)), image)
+
+
+def test_draw_boxes_colours_the_border_by_class():
+    image = _blank()
+    out = draw_boxes(image, torch.tensor([[4.0, 4.0, 20.0, 20.0]]), torch.tensor([0]))
+    assert out[:, 4, 12].tolist() == palette(2)[1].tolist()  # top edge, class 0's colour
+    assert torch.equal(out[:, 30, 30], image[:, 30, 30])
+    captioned = draw_boxes(
+        image, torch.tensor([[2.0, 2.0, 30.0, 30.0]]), torch.tensor([1]), torch.tensor([0.9]),
+        class_names=["disc", "square"],
+    )  # fmt: skip
+    assert captioned.shape == image.shape
+    assert torch.equal(draw_boxes(image, torch.zeros(0, 4)), image)
+
+
+def test_draw_skeletons_hides_invisible_keypoints_and_their_bones():
+    image = _blank(value=0)
+    keypoints = torch.tensor([[[5.0, 16.0, 2.0], [27.0, 16.0, 2.0], [16.0, 28.0, 0.0]]])
+    out = draw_skeletons(image, keypoints, skeleton=[(0, 1), (1, 2)])
+    assert out[:, 16, 16].sum() > 0  # on the visible bone 0-1
+    assert out[:, 24, 19].sum() == 0  # on the hidden bone 1-2
+    hidden = keypoints.clone()
+    hidden[..., 2] = 0
+    assert torch.equal(draw_skeletons(image, hidden, [(0, 1)]), image)
+
+
+def test_tile_titled_upscale_and_hwc():
+    a, b = _blank(8), _blank(16)
+    grid = tile([[a, b], [b]], gap=2)
+    assert grid.shape == (3, 2 + 16 + 2 + 16 + 2, 2 + 8 + 2 + 16 + 2)
+    assert titled(a, "a long title that does not fit").shape == (3, 8 + 14, 8)
+    assert upscale(a, 3).shape == (3, 24, 24)
+    assert to_hwc(a).shape == (8, 8, 3)
+    with pytest.raises(ValueError):
+        tile([])
+
+
+def test_slice_batch_cuts_tensors_and_lists():
+    batch = {"image": torch.zeros(4, 3, 2, 2), "boxes": [torch.zeros(1, 4)] * 4, "n": 3}
+    part = slice_batch(batch, 3, 1)
+    assert part["image"].shape[0] == 2 and len(part["boxes"]) == 2 and part["n"] == 3
+
+
+def _images(count=2, size=32):
+    return normalize(torch.rand(count, 3, size, size))
+
+
+def test_render_predictions_for_each_task_format():
+    images = _images()
+    ctx = VizContext(class_names=["disc", "square"], skeleton=[(0, 1)], min_size=64)
+    seg = render_predictions(
+        images, list(torch.randint(0, 3, (2, 32, 32))), {"mask": torch.zeros(2, 32, 32)}, ctx
+    )
+    # Two rows of (target, prediction) panels, enlarged twice, with title strips.
+    assert seg.dtype == torch.uint8 and seg.shape == (3, 2 + 2 * (14 + 64 + 2), 2 + 64 + 2 + 64 + 2)
+    box = {"boxes": torch.tensor([[2.0, 2, 20, 20]]), "labels": torch.tensor([1]),
+           "scores": torch.tensor([0.9])}  # fmt: skip
+    det_batch = {"boxes": [box["boxes"]] * 2, "labels": [box["labels"]] * 2}
+    assert render_predictions(images, [box, box], det_batch, ctx).shape == seg.shape
+    kps = torch.tensor([[[4.0, 4.0, 0.8], [20.0, 20.0, 0.9]]])
+    pose = {**box, "keypoints": kps}
+    kp_batch = {**det_batch, "keypoints": [kps] * 2}
+    assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == seg.shape
+    # Without ground truth: the prediction panel only.
+    assert render_predictions(images, [box, box], None, ctx).shape[-1] == 2 + 64 + 2
+
+
+def test_draw_prediction_names_the_formats_it_knows():
+    with pytest.raises(TypeError, match="class map"):
+        draw_prediction(_blank(), {"logits": torch.zeros(1)}, VizContext())
+
+
+class _TinyNet(nn.Module):
+    def __init__(self, out_channels):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, out_channels, 3, stride=2, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class _DictNet(_TinyNet):
+    def forward(self, x):
+        return {"heatmap": self.body(x), "size": self.body(x)[:, :2]}
+
+
+@pytest.mark.parametrize("net", [_TinyNet(5), _DictNet(3)], ids=["logits", "heatmaps"])
+def test_dense_vs_original_shows_the_original_map_on_the_dense_lattice(net):
+    torch.manual_seed(0)
+    dense = to_dense(net.eval(), 1)
+    ctx = VizContext(min_size=16)
+    result = render_dense_vs_original(dense, _images(size=16), ctx)
+    assert result.factor == 4 and result.max_rel_error < 1e-5
+    # Panels: input | original | dense | dense every 4th cell, 16 px each below a title strip.
+    row = result.image[:, 2 + 14 : 2 + 14 + 16]
+    panels = [row[..., 2 + i * 18 : 2 + i * 18 + 16] for i in range(4)]
+    assert torch.equal(panels[1], panels[3])
+    assert not torch.equal(panels[1], panels[2])
+    assert result.image.shape == (3, 2 + 2 * (14 + 16 + 2), 2 + 4 * 18)
+    assert dense.training is False
+
+
+def test_dense_vs_original_needs_a_dense_network():
+    with pytest.raises(ValueError, match="not dense"):
+        render_dense_vs_original(_TinyNet(3), _images())
+
+
+# ValidationImageLogger: the pictures reach TensorBoard; nothing is drawn for other loggers.
+
+_SIZES = dict(image_size=32, num_train=4, num_val=4, batch_size=2)
+
+
+def _fit_with(tmp_path, task, data, logger, callback):
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+        num_sanity_val_steps=0, logger=logger, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+        callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(task, datamodule=data)
+    return trainer
+
+
+def _tensorboard_images(logger):
+    events = EventAccumulator(logger.log_dir, size_guidance={IMAGES: 0})
+    events.Reload()
+    return {tag: events.Images(tag) for tag in events.Tags()["images"]}
+
+
+@pytest.mark.parametrize("task_name", ["segmentation", "detection", "keypoints"])
+def test_validation_pictures_reach_tensorboard(tmp_path, seg_task, seg_data, task_name):
+    torch.manual_seed(0)
+    task, data = {
+        "segmentation": lambda: (seg_task(), seg_data(**_SIZES)),
+        "detection": lambda: (
+            ObjectDetectionTask(backbone="test_resnet", num_classes=3, output_stride=8),
+            SyntheticDetectionDataModule(num_classes=3, **_SIZES),
+        ),
+        "keypoints": lambda: (
+            KeypointEstimationTask(backbone="test_resnet", output_stride=8, head_channels=16),
+            SyntheticKeypointsDataModule(**_SIZES),
+        ),
+    }[task_name]()
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    callback = ValidationImageLogger(max_images=2, min_size=32)
+    _fit_with(tmp_path, task, data, logger, callback)
+    images = _tensorboard_images(logger)
+    assert set(images) == {"val/predictions", "val/dense_vs_original"}
+    assert [len(v) for v in images.values()] == [1, 1]
+    dense = images["val/dense_vs_original"][0]
+    assert (dense.width, dense.height) == (2 + 4 * (32 + 2), 2 + 2 * (14 + 32 + 2))
+    caption = callback.last_captions["val/dense_vs_original"]
+    assert "original stride 32 vs dense stride 8" in caption
+    assert float(caption.rsplit(" ", 1)[-1].rstrip(")")) < 1e-4
+
+
+def test_original_network_gets_the_prediction_grid_only(tmp_path, seg_task, seg_data):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    task = seg_task(output_stride=None)
+    _fit_with(tmp_path, task, seg_data(**_SIZES), logger, ValidationImageLogger(max_images=1))
+    assert set(_tensorboard_images(logger)) == {"val/predictions"}
+
+
+def test_nothing_is_drawn_without_an_image_logger(tmp_path, seg_task, seg_data, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("drew pictures nobody can see")
+
+    monkeypatch.setattr(ValidationImageLogger, "render", fail)
+    _fit_with(
+        tmp_path, seg_task(), seg_data(**_SIZES), CSVLogger(tmp_path), ValidationImageLogger()
+    )
+
+
+def test_draws_on_the_first_validation_batch_of_every_nth_epoch():
+    callback = ValidationImageLogger(every_n_epochs=2)
+    loggers = [TensorBoardLogger("unused")]
+
+    def trainer(epoch, sanity=False, rank_zero=True, image_loggers=loggers):
+        return SimpleNamespace(
+            current_epoch=epoch, sanity_checking=sanity, is_global_zero=rank_zero,
+            loggers=image_loggers,
+        )  # fmt: skip
+
+    assert callback.should_log(trainer(1), 0, 0)
+    assert not callback.should_log(trainer(0), 0, 0)  # epochs 2, 4... (1-based)
+    assert not callback.should_log(trainer(1), 1, 0)  # later batches
+    assert not callback.should_log(trainer(1), 0, 1)  # later dataloaders
+    assert not callback.should_log(trainer(1, sanity=True), 0, 0)
+    assert not callback.should_log(trainer(1, rank_zero=False), 0, 0)
+    assert not callback.should_log(trainer(1, image_loggers=[CSVLogger("unused")]), 0, 0)
+
+
+def test_a_module_can_draw_its_own_pictures(tmp_path, seg_task, seg_data):
+    task = seg_task()
+    task.visualize = lambda batch, max_images: {"custom": _blank(8)}
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    _fit_with(tmp_path, task, seg_data(**_SIZES), logger, ValidationImageLogger())
+    assert set(_tensorboard_images(logger)) == {"val/custom"}
+
+
+def test_validation_image_logger_checks_its_arguments():
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ValidationImageLogger(every_n_epochs=0)
+
+
+def test_ordinal():
+    assert [ordinal(n) for n in (1, 2, 3, 4, 8, 11, 12, 16, 22)] == [
+        "1st", "2nd", "3rd", "4th", "8th", "11th", "12th", "16th", "22nd",
+    ]  # fmt: skip
