@@ -28,6 +28,7 @@ import functools
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -121,13 +122,11 @@ def execute(
     """Run an equivalent layer on ``x`` by the path its execution mode selects.
 
     Args:
-        layer: The equivalent layer (its ``geometry`` and, when set, ``_execution`` and
-            ``_phase_block`` attributes decide the path).
-        x: Its input: dense, or in the phase layout of an active block.
+        layer: The equivalent layer; its ``geometry``, ``_execution`` and ``_phase_block``
+            decide the path. ``x`` is dense, or in the phase layout of an active block, and
+            the output comes back in the layout of ``x``.
+        x: Its input.
         run: The layer's dense computation for a given geometry.
-
-    Returns:
-        The layer's output, in the layout of its input.
     """
     geometry = layer.geometry
     block = layer.__dict__.get("_phase_block")
@@ -214,48 +213,34 @@ class PhaseBlock:
                 self.tuning = self.active = False
         return self.choices[key]
 
-
-class _Enter:
-    """Forward pre-hook on a run's first child: split the input into phases."""
-
-    def __init__(self, block: PhaseBlock) -> None:
-        self.block = block
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
-        block = self.block
-        if block.tuning:
+    def enter(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook on the run's first child: split the input into phases."""
+        if self.tuning:
             return None
-        block.active = False
-        if not block.valid() or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        self.active = False
+        if not self.valid() or len(args) != 1:
             return None
         x = args[0]
-        if x.ndim != 4 or x.shape[-2] % block.base[0] or x.shape[-1] % block.base[1]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
             return None
-        if block.decide(x) != "phase":
+        if x.shape[-2] % self.base[0] or x.shape[-1] % self.base[1] or self.decide(x) != "phase":
             return None
-        block.active = True
-        return (space_to_batch(x, block.base),)
+        self.active = True
+        return (space_to_batch(x, self.base),)
 
-
-class _Leave:
-    """Forward hook (always called) on a run's last child: interleave the phases back."""
-
-    def __init__(self, block: PhaseBlock) -> None:
-        self.block = block
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        block = self.block
-        if block.tuning or not block.active:
+    def leave(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Forward hook (always called) on the run's last child: interleave the phases back."""
+        if self.tuning or not self.active:
             return None
-        block.active = False
+        self.active = False
         if output is None:
             return None  # an exception is unwinding (always_call): nothing to interleave
         if not isinstance(output, torch.Tensor):
             raise TypeError(
-                f"{block.name}: a phase block must end in a module that returns a tensor, got "
+                f"{self.name}: a phase block must end in a module that returns a tensor, got "
                 f"{type(output).__name__}; use set_execution(model, mode, blocks=False)"
             )
-        return batch_to_space(output, block.base)
+        return batch_to_space(output, self.base)
 
 
 # Modules whose result depends on where a value sits among all positions, or on the batch:
@@ -270,12 +255,11 @@ _SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def _pointwise(module: nn.Module) -> bool:
-    pairs = [getattr(module, a, 1) for a in ("kernel_size", "stride", "dilation")]
-    pairs.append(getattr(module, "padding", 0))
-    return all(v in (1, (1, 1)) for v in pairs[:3]) and pairs[3] in (0, (0, 0))
+    ones = [getattr(module, a, 1) for a in ("kernel_size", "stride", "dilation")]
+    return all(v in (1, (1, 1)) for v in ones) and getattr(module, "padding", 0) in (0, (0, 0))
 
 
-def _child_base(child: nn.Module, counts: dict[int, int]) -> tuple[Step | None, bool]:
+def _child_base(child: nn.Module, counts: Counter) -> tuple[Step | None, bool]:
     """The step a child can be entered with, and whether phases would help it.
 
     Returns:
@@ -330,9 +314,7 @@ def phase_blocks(model: nn.Module, mode: str = "phase") -> list[PhaseBlock]:
     """
     from dense_lightning.equivalent.layers import EquivalentLayer  # layers.py imports this module
 
-    counts: dict[int, int] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
-        counts[id(module)] = counts.get(id(module), 0) + 1
+    counts = Counter(id(module) for _, module in model.named_modules(remove_duplicate=False))
     blocks: list[PhaseBlock] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
@@ -362,13 +344,11 @@ def phase_blocks(model: nn.Module, mode: str = "phase") -> list[PhaseBlock]:
 def _clear(model: nn.Module) -> None:
     """Remove every block hook and execution attribute from ``model``."""
     for module in model.modules():
-        for hook_id, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, _Enter):
-                del module._forward_pre_hooks[hook_id]
-        for hook_id, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, _Leave):
-                del module._forward_hooks[hook_id]
-                module._forward_hooks_always_called.pop(hook_id, None)
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for hook_id, hook in list(hooks.items()):
+                if isinstance(getattr(hook, "__self__", None), PhaseBlock):
+                    del hooks[hook_id]
+                    module._forward_hooks_always_called.pop(hook_id, None)
         for attr in ("_execution", "_phase_block", "_phase_choice"):
             module.__dict__.pop(attr, None)
 
@@ -405,19 +385,16 @@ def set_execution(model: nn.Module, mode: Execution = "auto", *, blocks: bool = 
             for module in child.modules():
                 if isinstance(module, EquivalentLayer):
                     module._phase_block = block  # type: ignore[attr-defined]
-        block.children[0].register_forward_pre_hook(_Enter(block))
-        block.children[-1].register_forward_hook(_Leave(block), always_call=True)
+        block.children[0].register_forward_pre_hook(block.enter)
+        block.children[-1].register_forward_hook(block.leave, always_call=True)
     return model
 
 
 def execution_choices(model: nn.Module) -> dict[str, dict[str, int]]:
-    """What ``"auto"`` picked so far: per unit kind, how many took each path."""
-    seen: dict[str, dict[str, int]] = {"blocks": {}, "layers": {}}
+    """What ``"auto"`` picked so far: per unit kind, how many decisions took each path."""
     blocks = {id(b): b for m in model.modules() if (b := m.__dict__.get("_phase_block"))}
-    for block in blocks.values():
-        for choice in block.choices.values():
-            seen["blocks"][choice] = seen["blocks"].get(choice, 0) + 1
-    for module in model.modules():
-        for choice in module.__dict__.get("_phase_choice", {}).values():
-            seen["layers"][choice] = seen["layers"].get(choice, 0) + 1
-    return seen
+    layers = (m.__dict__.get("_phase_choice", {}) for m in model.modules())
+    return {
+        "blocks": dict(Counter(c for b in blocks.values() for c in b.choices.values())),
+        "layers": dict(Counter(c for choices in layers for c in choices.values())),
+    }

@@ -12,6 +12,7 @@ where they must agree.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -76,21 +77,26 @@ def shift_and_stitch(
         raise ValueError(f"k and output_stride must be positive, got {k} and {output_stride}")
     forward = getattr(model, method) if isinstance(model, nn.Module) else model
     shifts = [(a, b) for a in range(k) for b in range(k)]
-    inputs = [_shift(x, a * output_stride, b * output_stride) for a, b in shifts]
     if batched:
-        raw = forward(torch.cat(inputs))
-        outs = flatten_outputs(raw)
-        per_shift = list(zip(*(o.chunk(len(shifts)) for o in outs), strict=True))
+        raw = forward(
+            torch.cat([_shift(x, a * output_stride, b * output_stride) for a, b in shifts])
+        )
+        chunks = [o.chunk(len(shifts)) for o in flatten_outputs(raw)]
+        outputs = iter(zip(*chunks, strict=True))
     else:
-        raws = [forward(inp) for inp in inputs]
-        raw, per_shift = raws[0], [tuple(flatten_outputs(r)) for r in raws]
-    first = per_shift[0]
-    factors = _factors(model, method, len(first), k, output_stride)
-    stitched = [
-        t.new_empty(*t.shape[:-2], t.shape[-2] * f, t.shape[-1] * f)
-        for t, f in zip(first, factors, strict=True)
-    ]
-    for (a, b), outs in zip(shifts, per_shift, strict=True):
+        raw = forward(x)  # the (0, 0) shift; the others run one at a time, stitched as they come
+        rest = (forward(_shift(x, a * output_stride, b * output_stride)) for a, b in shifts[1:])
+        outputs = itertools.chain([raw], rest)
+        outputs = (tuple(flatten_outputs(out)) for out in outputs)
+    stitched: list[torch.Tensor] = []
+    factors: list[int] = []
+    for (a, b), outs in zip(shifts, outputs, strict=True):
+        if not stitched:
+            factors = _factors(model, method, len(outs), k, output_stride)
+            stitched = [
+                t.new_empty(*t.shape[:-2], t.shape[-2] * f, t.shape[-1] * f)
+                for t, f in zip(outs, factors, strict=True)
+            ]
         for out, dense, f in zip(outs, stitched, factors, strict=True):
             if a < f and b < f:
                 dense[..., a::f, b::f] = out

@@ -1,0 +1,168 @@
+"""Tables and plot for :mod:`benchmarks.speed` (kept apart so the measuring code stays short)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks._common import machine_line, table
+
+STITCH_TARGET, DILATION_TARGET = 0.80, 1.15
+MIB = 2**20
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def _choices(row: dict[str, Any]) -> str:
+    seen = row["auto_choices"]
+    parts = []
+    for unit in ("blocks", "layers"):
+        counts = seen.get(unit, {})
+        if counts:
+            parts.append(f"{unit}: {counts.get('phase', 0)}/{sum(counts.values())} phase")
+    return ", ".join(parts) or "-"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The three tables, the machine and a verdict per target."""
+    rows, machine = payload["rows"], payload["machine"]
+    t1, t2, t3 = [], [], []
+    for row in rows:
+        d, check = row["derived"], row["stitch_check"]
+        name, os_ = row["model"], row["output_stride"]
+        mem = row["peak_memory_bytes"]
+        t1.append([
+            name, os_, row["k"],
+            f"{check['interior_cells']}/{check['cells']} @ {check['verify_size']}px",
+            f"{check['interior_max_rel_error']:.1e}",
+            f"{d['stitch_over_dense_macs']:.2f}", f"{d['stitch_over_dense_time']:.2f}",
+            f"{d['stitch_efficiency']:.2f}", _ok(d["stitch_efficiency"] >= STITCH_TARGET),
+        ])  # fmt: skip
+        t2.append([
+            name, os_, f"{d['dense_over_original_macs']:.2f}",
+            f"{d['dense_dilated_over_original_time']:.2f}",
+            f"{d['dense_phase_over_original_time']:.2f}",
+            f"{d['dense_auto_over_original_time']:.2f}",
+            f"{d['dense_auto_overhead']:.2f}", _ok(d["dense_auto_overhead"] <= DILATION_TARGET),
+            _choices(row),
+            " / ".join(f"{mem[k] / MIB:.1f}" for k in
+                       ("original", "dense_dilated", "dense_phase", "stitch")),
+        ])  # fmt: skip
+        t3.append([
+            name, os_, f"{d['exported_over_original_time']:.3f}",
+            f"±{d['exported_spread'] * 100:.0f}%",
+            f"{row['times']['original']['median'] * 1e3:.1f}",
+        ])  # fmt: skip
+    met1 = sum(r["derived"]["stitch_efficiency"] >= STITCH_TARGET for r in rows)
+    met2 = sum(r["derived"]["dense_auto_overhead"] <= DILATION_TARGET for r in rows)
+    ratios = [r["derived"]["exported_over_original_time"] for r in rows]
+    lines = [
+        f"# Speed benchmarks ({machine['device']})",
+        "",
+        machine_line(machine),
+        f"Input {machine['batch']}x3x{machine['size']}x{machine['size']}, median of "
+        f"{machine['repeats']} interleaved rounds; MACs from torch.utils.flop_counter.",
+        "",
+        f"## 1. Dense vs shift-and-stitch (target: efficiency >= {STITCH_TARGET}; met "
+        f"{met1}/{len(rows)})",
+        "",
+        "Efficiency = (stitch time / dense time) / (stitch MACs / dense MACs); dense = `auto`. "
+        "Interior: cells whose receptive field avoids the shifted-away border, checked on a "
+        "larger input.",
+        "",
+        table(
+            [
+                "model",
+                "OS",
+                "k",
+                "interior cells",
+                "max rel err",
+                "MAC ratio",
+                "time ratio",
+                "efficiency",
+                "met",
+            ],
+            t1,
+        ),
+        "",
+        f"## 2. Cost of dilation (target: overhead <= {DILATION_TARGET}; met {met2}/{len(rows)})",
+        "",
+        "Time ratios are dense / original; overhead = (auto time ratio) / (MAC ratio). "
+        "Peak memory in MiB (original / dilated / phase / stitch).",
+        "",
+        table(
+            [
+                "model",
+                "OS",
+                "MAC ratio",
+                "dilated",
+                "phase",
+                "auto",
+                "overhead",
+                "met",
+                "auto picked",
+                "peak MiB",
+            ],
+            t2,
+        ),
+        "",
+        "## 3. Inverse transfer keeps the speed (target: 1.00 within noise)",
+        "",
+        f"Exported / original time: mean {sum(ratios) / len(ratios):.3f}, "
+        f"range {min(ratios):.3f}-{max(ratios):.3f}.",
+        "",
+        table(["model", "OS", "exported / original", "spread", "original ms"], t3),
+    ]
+    return "\n".join(lines)
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Three panels: stitch speed-up vs MAC ratio, dense cost vs MAC ratio, export ratio."""
+    rows = payload["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = sorted({r["model"] for r in rows})
+    markers = dict(zip(names, "osD^vP*", strict=False))
+    for row in rows:
+        d, mk = row["derived"], markers[row["model"]]
+        label = f"{row['model']}"
+        axes[0].scatter(d["stitch_over_dense_macs"], d["stitch_over_dense_time"], marker=mk,
+                        label=label)  # fmt: skip
+        axes[1].scatter(d["dense_over_original_macs"], d["dense_auto_over_original_time"],
+                        marker=mk, label=label)  # fmt: skip
+        axes[1].annotate(f"OS{row['output_stride']}", (d["dense_over_original_macs"],
+                         d["dense_auto_over_original_time"]), fontsize=7)  # fmt: skip
+        axes[0].annotate(f"OS{row['output_stride']}", (d["stitch_over_dense_macs"],
+                         d["stitch_over_dense_time"]), fontsize=7)  # fmt: skip
+    for ax, factor, title in (
+        (axes[0], STITCH_TARGET, "1. shift-and-stitch / dense"),
+        (axes[1], DILATION_TARGET, "2. dense (auto) / original"),
+    ):
+        top = max(max(ax.get_xlim()), max(ax.get_ylim()))
+        ax.plot([1, top], [1, top], "k-", lw=0.8, label="time ratio = MAC ratio")
+        ax.plot([1, top], [factor, factor * top], "k--", lw=0.8, label=f"target ({factor}x)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("MAC ratio")
+        ax.set_ylabel("time ratio")
+        ax.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axes[0].legend(unique.values(), unique.keys(), fontsize=7)
+    ratios = [r["derived"]["exported_over_original_time"] for r in rows]
+    ticks = [f"{r['model']}\nOS{r['output_stride']}" for r in rows]
+    axes[2].bar(range(len(rows)), ratios)
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set_xticks(range(len(rows)), ticks, fontsize=6, rotation=90)
+    axes[2].set_ylim(0.8, 1.2)
+    axes[2].set_title("3. exported / original time")
+    fig.suptitle(f"{payload['machine'].get('gpu') or payload['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""Benchmarks 1-3 of issue 5, side by side in one run.
+
+1. Dense evaluation vs shift-and-stitch: same predictions in the interior, and the time ratio
+   stitch / dense next to the MAC ratio (target: speed-up >= 80% of the MAC ratio).
+2. The cost of dilation: dense time / original time against dense MACs / original MACs, for
+   the dilated, phase (space-to-batch) and auto execution paths (target: <= 1.15), with peak
+   memory.
+3. Inverse transfer keeps the speed: exported model time / original timm model time.
+
+    python -m benchmarks.speed [--quick] [--out DIR] [--device cuda] [--batch N] [--size S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from benchmarks import _common as C
+from benchmarks._speed_report import markdown, plot
+from dense_lightning.equivalent import to_dense, to_original
+from dense_lightning.equivalent.phase import execution_choices, set_execution
+from dense_lightning.equivalent.shift_stitch import shift_and_stitch, stitch_interior
+
+MODELS = ("resnet18", "resnet50", "convnext_atto", "vgg11")
+STRIDES = (16, 8, 4)
+
+
+def build(name: str, device: torch.device) -> nn.Module:
+    """A timm trunk (no pooling, no head) in eval mode, random weights (no network here)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    return model.eval().to(device)
+
+
+def field_cells(model: nn.Module, device: torch.device) -> int:
+    """How many output cells (per axis) one input pixel reaches: the receptive field / stride."""
+    size = 256
+    while True:
+        x = torch.zeros(1, 3, size, size, device=device)
+        x[..., size // 2, size // 2] = float("nan")
+        with torch.no_grad():
+            nan = model.forward_features(x).isnan()[0].any(0)
+        rows = nan.any(1).nonzero().flatten()
+        if rows[0] > 0 and rows[-1] < nan.shape[0] - 1:
+            return int(rows[-1] - rows[0] + 1)
+        size *= 2
+
+
+def check_stitch(
+    original: nn.Module, dense: nn.Module, k: int, output_stride: int, size: int, device: Any
+) -> dict[str, Any]:
+    """Shift-and-stitch vs dense on an input large enough to have an interior."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, size, size, device=device)
+    with torch.no_grad():
+        stitch = functools.partial(
+            shift_and_stitch, original, k=k, output_stride=output_stride, method="forward_features"
+        )
+        mask = stitch_interior(dense.forward_features, stitch, x, k, output_stride)
+        got, ref = dense.forward_features(x), stitch(x)
+    err = (got - ref).abs()[..., mask].max().item() / ref.abs().max().item()
+    return {
+        "verify_size": size,
+        "interior_cells": int(mask.sum()),
+        "cells": mask.numel(),
+        "interior_max_rel_error": err,
+    }
+
+
+def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any) -> dict:
+    """All numbers for one model at one output stride."""
+    original = build(name, device)
+    dense = to_dense(original, output_stride, method="forward_features")
+    stride, k = dense.dense_info.original_stride, dense.dense_info.factor
+    exported = to_original(dense)
+    reference = build(name, device)  # a fresh timm model: the export must load into it
+    reference.load_state_dict(exported.state_dict(), strict=True)
+    paths = {
+        mode: set_execution(copy.deepcopy(dense), mode) for mode in ("dilated", "phase", "auto")
+    }
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    run = {
+        "original": lambda: original.forward_features(x),
+        "exported": lambda: exported.forward_features(x),
+        **{f"dense_{mode}": (lambda m=m: m.forward_features(x)) for mode, m in paths.items()},
+        "stitch": lambda: shift_and_stitch(
+            original, x, k, output_stride, method="forward_features"
+        ),
+    }
+    with torch.no_grad():
+        ref = run["dense_dilated"]()
+        path_error = {
+            mode: ((run[f"dense_{mode}"]() - ref).abs().max() / ref.abs().max()).item()
+            for mode in ("phase", "auto")
+        }
+        counted = {key: C.macs(run[key]) for key in ("original", "dense_dilated", "stitch")}
+        memory = {
+            key: C.peak_memory(run[key], device)
+            for key in ("original", "dense_dilated", "dense_phase", "stitch")
+        }
+        times = C.interleaved(run, device, repeats=args.repeats, clock=args.clock)
+    cells = field_cells(original, device)
+    verify_size = 32 * math.ceil(((cells + 2) * stride + k * output_stride) / 32)
+    verification = check_stitch(original, paths["dilated"], k, output_stride, verify_size, device)
+    return {
+        "model": name,
+        "output_stride": output_stride,
+        "k": k,
+        "macs": counted,
+        "peak_memory_bytes": memory,
+        "times": {key: {k2: v for k2, v in t.items() if k2 != "times"} for key, t in times.items()},
+        "raw_times": {key: t["times"] for key, t in times.items()},
+        "path_max_rel_error": path_error,
+        "auto_choices": execution_choices(paths["auto"]),
+        "stitch_check": verification,
+    }
+
+
+def derive(row: dict[str, Any]) -> dict[str, Any]:
+    """The ratios the issue asks for, from one measured row."""
+    t = {key: v["median"] for key, v in row["times"].items()}
+    m = row["macs"]
+    best = min(("dense_dilated", "dense_phase", "dense_auto"), key=t.__getitem__)
+    dense_macs = m["dense_dilated"] / m["original"]
+    stitch_macs = m["stitch"] / m["dense_dilated"]
+    speedup = t["stitch"] / t["dense_auto"]
+    return {
+        "stitch_over_dense_time": speedup,
+        "stitch_over_dense_macs": stitch_macs,
+        "stitch_efficiency": speedup / stitch_macs,
+        "dense_over_original_macs": dense_macs,
+        **{
+            f"{key}_over_original_time": t[key] / t["original"]
+            for key in ("dense_dilated", "dense_phase", "dense_auto")
+        },
+        **{
+            f"{key}_overhead": t[key] / t["original"] / dense_macs
+            for key in ("dense_dilated", "dense_phase", "dense_auto")
+        },
+        "fastest_dense_path": best.removeprefix("dense_"),
+        "exported_over_original_time": t["exported"] / t["original"],
+        "exported_spread": max(row["times"][k]["spread"] for k in ("exported", "original")),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--strides", nargs="+", type=int, default=None)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--size", type=int, default=None, help="timing input side (default 224)")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
+    args = p.parse_args(argv)
+    device = C.prepare(args)
+    args.models = args.models or (["test_resnet"] if args.quick else list(MODELS))
+    args.strides = args.strides or ([8] if args.quick else list(STRIDES))
+    args.size = args.size or (64 if args.quick else 224)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    record = C.machine(device, args)
+    record.update(batch=args.batch, size=args.size, repeats=args.repeats)
+    rows = []
+    for name in args.models:
+        for output_stride in args.strides:
+            row = measure(name, output_stride, args, device)
+            row["derived"] = derive(row)
+            rows.append(row)
+            print(f"{name} os={output_stride}: {row['derived']}", flush=True)
+    stem = ("speed" if device.type == "cpu" else "gpu_speed") + (f"_{args.tag}" if args.tag else "")
+    payload = {"benchmark": "speed", "machine": record, "rows": rows}
+    C.write(args.out, stem, payload, markdown(payload))
+    plot(payload, args.out / f"{stem}.png")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
