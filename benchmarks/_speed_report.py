@@ -128,18 +128,16 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     rows = payload["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     names = sorted({r["model"] for r in rows})
-    markers = dict(zip(names, "osD^vP*", strict=False))
+    style = {n: (m, f"C{i}") for i, (n, m) in enumerate(zip(names, "osD^vP*", strict=False))}
     for row in rows:
-        d, mk = row["derived"], markers[row["model"]]
-        label = f"{row['model']}"
-        axes[0].scatter(d["stitch_over_dense_macs"], d["stitch_over_dense_time"], marker=mk,
-                        label=label)  # fmt: skip
-        axes[1].scatter(d["dense_over_original_macs"], d["dense_auto_over_original_time"],
-                        marker=mk, label=label)  # fmt: skip
-        axes[1].annotate(f"OS{row['output_stride']}", (d["dense_over_original_macs"],
-                         d["dense_auto_over_original_time"]), fontsize=7)  # fmt: skip
-        axes[0].annotate(f"OS{row['output_stride']}", (d["stitch_over_dense_macs"],
-                         d["stitch_over_dense_time"]), fontsize=7)  # fmt: skip
+        d, (marker, color) = row["derived"], style[row["model"]]
+        points = (
+            (axes[0], d["stitch_over_dense_macs"], d["stitch_over_dense_time"]),
+            (axes[1], d["dense_over_original_macs"], d["dense_auto_over_original_time"]),
+        )
+        for ax, x, y in points:
+            ax.scatter(x, y, marker=marker, color=color, label=row["model"])
+            ax.annotate(f"OS{row['output_stride']}", (x, y), fontsize=7)
     for ax, factor, title in (
         (axes[0], STITCH_TARGET, "1. shift-and-stitch / dense"),
         (axes[1], DILATION_TARGET, "2. dense (auto) / original"),

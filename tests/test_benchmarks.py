@@ -1,8 +1,14 @@
 """Every benchmark's --quick mode runs and writes the documented JSON (no timing asserts)."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+
+# benchmarks/ is a top-level folder of the repository, not part of the installed package;
+# `python -m pytest` finds it through the working directory, a bare `pytest` through this.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import accuracy, overhead, speed
 

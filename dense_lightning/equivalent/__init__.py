@@ -10,7 +10,9 @@ from dense_lightning.equivalent.convert import (
 )
 from dense_lightning.equivalent.errors import Finding, NotEquivalentError
 from dense_lightning.equivalent.layers import EAvgPool2d, EConv2d, EMaxPool2d, EquivalentLayer
+from dense_lightning.equivalent.phase import set_execution
 from dense_lightning.equivalent.report import EquivalenceReport, OutputCheck
+from dense_lightning.equivalent.shift_stitch import shift_and_stitch
 from dense_lightning.equivalent.verify import verify_equivalence
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "check_output_stride",
     "is_dense",
     "model_stride",
+    "set_execution",
+    "shift_and_stitch",
     "to_dense",
     "to_original",
     "verify_equivalence",
