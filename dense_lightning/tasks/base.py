@@ -166,6 +166,21 @@ class BaseTask(LightningModule, ABC):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def check_data(self, datamodule: Any, names: tuple[str, ...]) -> None:
+        """Raise ``ValueError`` when ``datamodule`` disagrees with the task on ``names``.
+
+        Called from ``setup`` so a data/model mismatch fails before step 0, not as an index
+        error inside the loss.
+        """
+        for name in names:
+            ours = self.hparams[name]
+            theirs = getattr(datamodule, name, ours)
+            if theirs != ours:
+                raise ValueError(
+                    f"The data has {name}={theirs} but the task was built with {name}={ours}; "
+                    f"set model.init_args.{name}={theirs}."
+                )
+
     @torch.no_grad()
     def evaluate(
         self,

@@ -225,17 +225,6 @@ class ObjectDetectionTask(BaseTask):
         # Catch a data/model mismatch here rather than as an index error inside the loss.
         self.check_data(getattr(self._trainer, "datamodule", None), ("num_classes",))
 
-    def check_data(self, datamodule: Any, names: tuple[str, ...]) -> None:
-        """Raise ``ValueError`` when ``datamodule`` disagrees with the task on ``names``."""
-        for name in names:
-            ours = self.hparams[name]
-            theirs = getattr(datamodule, name, ours)
-            if theirs != ours:
-                raise ValueError(
-                    f"The data has {name}={theirs} but the task was built with {name}={ours}; "
-                    f"set model.init_args.{name}={theirs}."
-                )
-
     @override
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

@@ -127,16 +127,7 @@ class SemanticSegmentationTask(BaseTask):
 
     @override
     def setup(self, stage: str) -> None:
-        # Catch a data/model mismatch here rather than as an index error inside the loss.
-        datamodule = getattr(self._trainer, "datamodule", None)
-        for name in ("num_classes", "ignore_index"):
-            ours = self.hparams[name]
-            theirs = getattr(datamodule, name, ours)
-            if theirs != ours:
-                raise ValueError(
-                    f"The data has {name}={theirs} but the task was built with {name}={ours}; "
-                    f"set model.init_args.{name}={theirs}."
-                )
+        self.check_data(getattr(self._trainer, "datamodule", None), ("num_classes", "ignore_index"))
 
     @override
     def predict_step(
