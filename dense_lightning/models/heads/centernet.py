@@ -15,7 +15,7 @@ import math
 
 from torch import Tensor, nn
 
-__all__ = ["CenterNetHead", "head_branch"]
+__all__ = ["CenterNetHead", "head_branch", "heatmap_branch"]
 
 
 def head_branch(
@@ -45,6 +45,21 @@ def head_branch(
     return branch
 
 
+def heatmap_branch(
+    in_channels: int, out_channels: int, channels: int, prior_prob: float
+) -> nn.Sequential:
+    """A heatmap branch whose sigmoid starts at ``prior_prob`` everywhere (focal-loss init).
+
+    Raises:
+        ValueError: ``prior_prob`` outside ``(0, 1)``.
+    """
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+    return head_branch(
+        in_channels, out_channels, channels, bias=-math.log((1 - prior_prob) / prior_prob)
+    )
+
+
 class CenterNetHead(nn.Module):
     """Centre heatmap, box size and centre offset predicted at every cell.
 
@@ -68,12 +83,8 @@ class CenterNetHead(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         self.num_classes = num_classes
-        self.heatmap = head_branch(
-            in_channels, num_classes, channels, bias=-math.log((1 - prior_prob) / prior_prob)
-        )
+        self.heatmap = heatmap_branch(in_channels, num_classes, channels, prior_prob)
         self.size = head_branch(in_channels, 2, channels, bias=math.log(size_prior))
         self.offset = head_branch(in_channels, 2, channels)
 

@@ -8,11 +8,9 @@ Decoding regresses keypoints from centres and snaps them to heatmap peaks
 and original models agree on the lattice without rescaling.
 """
 
-import math
-
 from torch import Tensor, nn
 
-from dense_lightning.models.heads.centernet import CenterNetHead, head_branch
+from dense_lightning.models.heads.centernet import CenterNetHead, head_branch, heatmap_branch
 
 __all__ = ["HeatmapHead", "PoseHead"]
 
@@ -33,12 +31,8 @@ class HeatmapHead(nn.Module):
         super().__init__()
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         self.num_keypoints = num_keypoints
-        self.branch = head_branch(
-            in_channels, num_keypoints, channels, bias=-math.log((1 - prior_prob) / prior_prob)
-        )
+        self.branch = heatmap_branch(in_channels, num_keypoints, channels, prior_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return heatmap logits ``[B, K, h, w]`` for features ``[B, C, h, w]``."""
