@@ -3,6 +3,7 @@
 from dense_lightning.equivalent.convert import (
     DenseInfo,
     check_output_stride,
+    get_dense_info,
     is_dense,
     model_stride,
     to_dense,
@@ -26,6 +27,7 @@ __all__ = [
     "NotEquivalentError",
     "OutputCheck",
     "check_output_stride",
+    "get_dense_info",
     "is_dense",
     "model_stride",
     "set_execution",

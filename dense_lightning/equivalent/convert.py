@@ -19,6 +19,7 @@ from dense_lightning.equivalent.trace import LayerTrace, ModelTrace, trace_model
 __all__ = [
     "DenseInfo",
     "check_output_stride",
+    "get_dense_info",
     "is_dense",
     "model_stride",
     "to_dense",
@@ -74,9 +75,19 @@ def check_output_stride(output_stride: object, model_stride: int | None = None) 
     return output_stride
 
 
+def get_dense_info(model: nn.Module) -> DenseInfo | None:
+    """What :func:`to_dense` recorded on ``model``, or ``None`` for a model it did not convert.
+
+    The one accessor for a model's dense state: code outside this package reads it here
+    rather than poking at the attribute.
+    """
+    info = model.__dict__.get("dense_info")
+    return info if isinstance(info, DenseInfo) else None
+
+
 def is_dense(model: nn.Module) -> bool:
     """True when ``model`` holds equivalent (dense) layers."""
-    return getattr(model, "dense_info", None) is not None or any(
+    return get_dense_info(model) is not None or any(
         isinstance(m, EquivalentLayer) for m in model.modules()
     )
 
