@@ -1,5 +1,6 @@
 """Exact equivalent mappings (eConv/ePool): dense models from strided CNNs, and back."""
 
+from dense_lightning.equivalent.compare import max_errors
 from dense_lightning.equivalent.convert import (
     DenseInfo,
     check_output_stride,
@@ -29,6 +30,7 @@ __all__ = [
     "check_output_stride",
     "get_dense_info",
     "is_dense",
+    "max_errors",
     "model_stride",
     "set_execution",
     "shift_and_stitch",

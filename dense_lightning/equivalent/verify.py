@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dense_lightning.equivalent.compare import max_errors
 from dense_lightning.equivalent.report import EquivalenceReport, OutputCheck
 from dense_lightning.equivalent.trace import flatten_outputs
 
@@ -42,19 +43,6 @@ def _factor(original: torch.Tensor, dense: torch.Tensor) -> tuple[int, int]:
             f"dense output size {(hd, wd)} is not a multiple of the original {(hn, wn)}"
         )
     return hd // hn, wd // wn
-
-
-def _errors(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    if reference.numel() == 0:
-        return 0.0, 0.0
-    # Equal values count as equal even when not finite (a max pool whose window lies wholly in
-    # its padding yields -inf in the original too, and NaN after it); a mismatch is an error.
-    same = (reference == other) | (reference.isnan() & other.isnan())
-    diff = torch.where(same, 0.0, (reference - other).abs()).nan_to_num(nan=float("inf"))
-    finite = reference[reference.isfinite()].abs()
-    scale = finite.max().item() if finite.numel() else 1.0
-    worst = diff.max().item()
-    return worst, worst / max(scale, 1e-12)
 
 
 def _reach(
@@ -135,7 +123,7 @@ def _check_phases(
             rows = _interior(ref.shape[-2], h - rh, rh, reach[0], reach[1])
             cols = _interior(ref.shape[-1], w - rw, rw, reach[2], reach[3])
             got = dense[..., ph::kh, pw::kw][..., : ref.shape[-2], : ref.shape[-1]]
-            diff, rel = _errors(ref[..., rows, cols], got[..., rows, cols])
+            diff, rel = max_errors(ref[..., rows, cols], got[..., rows, cols])
             worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
         if rows.stop <= rows.start or cols.stop <= cols.start:
             check.phase_note = "not checked: the input is too small to have an interior"
@@ -177,7 +165,7 @@ def _first_divergence(
             kh, kw = _factor(ref, got)
         except ValueError:
             return name
-        if _errors(ref, got[..., ::kh, ::kw])[1] > rtol:
+        if max_errors(ref, got[..., ::kh, ::kw])[1] > rtol:
             return name
     return None
 
@@ -230,7 +218,7 @@ def verify_equivalence(
         for i, (ref, got) in enumerate(zip(outs_o, outs_d, strict=True)):
             factor = _factor(ref, got) if ref.ndim >= 3 else (1, 1)
             sampled = got[..., :: factor[0], :: factor[1]] if ref.ndim >= 3 else got
-            abs_err, rel_err = _errors(ref, sampled)
+            abs_err, rel_err = max_errors(ref, sampled)
             checks.append(
                 OutputCheck(i, tuple(ref.shape), tuple(got.shape), factor, abs_err, rel_err)
             )
