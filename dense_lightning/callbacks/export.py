@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,39 +19,14 @@ from typing_extensions import override
 
 from dense_lightning.callbacks.dense_conversion import get_network
 from dense_lightning.equivalent import EquivalenceReport, to_original, verify_equivalence
+from dense_lightning.files import atomic_write_all
 from dense_lightning.loggers import log_export_artifacts
 from dense_lightning.models import DENSE_STATE_KEY, dense_state
 
-__all__ = ["InverseTransferExport", "atomic_write_all"]
+__all__ = ["InverseTransferExport"]
 
 CHECKPOINT_NAME = "model_original.ckpt"
 REPORT_NAME = "equivalence.json"
-
-
-def atomic_write_all(writers: Mapping[Path, Callable[[Path], None]]) -> None:
-    """Write each file through a temporary sibling, then move all of them into place.
-
-    A reader never sees a partial file: every file is complete before the first rename,
-    and a failure while writing removes the temporary files and leaves the targets alone.
-
-    Args:
-        writers: target path -> function that writes the content to the path it is given.
-    """
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, write in writers.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Same directory as the target, so os.replace is a rename on one filesystem.
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            staged.append((Path(tmp), target))
-            write(Path(tmp))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
