@@ -27,6 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from dense_lightning.files import atomic_write_all
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -208,6 +210,8 @@ def write(out: Path, stem: str, payload: dict[str, Any], markdown: str) -> list[
     """Write ``stem.json`` and ``stem.md`` into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown.rstrip() + "\n")
+    texts = [json.dumps(payload, indent=1, default=str) + "\n", markdown.rstrip() + "\n"]
+    atomic_write_all(
+        {p: (lambda tmp, t=t: Path(tmp).write_text(t)) for p, t in zip(paths, texts, strict=True)}
+    )
     return paths
