@@ -7,13 +7,19 @@ module, swaps a child only when it changes, and never touches a parameter or buf
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
+from dense_lightning.equivalent.base import pair
 from dense_lightning.equivalent.errors import Finding, NotEquivalentError
+from dense_lightning.equivalent.info import DenseInfo, get_dense_info
 from dense_lightning.equivalent.lattice import AxisGeometry, LatticeGeometry
 from dense_lightning.equivalent.layers import EAvgPool2d, EConv2d, EMaxPool2d, EquivalentLayer
+from dense_lightning.equivalent.ops import OpRecord
+from dense_lightning.equivalent.phase import PhaseRegion, remove_regions
+from dense_lightning.equivalent.proof import prove
+from dense_lightning.equivalent.regions import RegionPlan, plan_regions
 from dense_lightning.equivalent.trace import LayerTrace, ModelTrace, trace_model
 
 __all__ = [
@@ -25,30 +31,6 @@ __all__ = [
     "to_dense",
     "to_original",
 ]
-
-
-@dataclass(frozen=True)
-class DenseInfo:
-    """What :func:`to_dense` did, stored on the converted model as ``model.dense_info``.
-
-    Attributes:
-        output_stride: Total stride of the dense model.
-        original_stride: Total stride of the original model.
-        approximate: True when converted with ``strict=False`` despite findings.
-        findings: Modules that keep the model from being exactly equivalent.
-        method: The forward method that was traced.
-    """
-
-    output_stride: int
-    original_stride: int
-    approximate: bool
-    method: str = "forward"
-    findings: tuple[Finding, ...] = field(default=())
-
-    @property
-    def factor(self) -> int:
-        """Cells per original cell along each axis: ``original_stride / output_stride``."""
-        return self.original_stride // self.output_stride
 
 
 def check_output_stride(output_stride: object, model_stride: int | None = None) -> int:
@@ -75,16 +57,6 @@ def check_output_stride(output_stride: object, model_stride: int | None = None) 
     return output_stride
 
 
-def get_dense_info(model: nn.Module) -> DenseInfo | None:
-    """What :func:`to_dense` recorded on ``model``, or ``None`` for a model it did not convert.
-
-    The one accessor for a model's dense state: code outside this package reads it here
-    rather than poking at the attribute.
-    """
-    info = model.__dict__.get("dense_info")
-    return info if isinstance(info, DenseInfo) else None
-
-
 def is_dense(model: nn.Module) -> bool:
     """True when ``model`` holds equivalent (dense) layers."""
     return get_dense_info(model) is not None or any(
@@ -101,9 +73,9 @@ def _axis(module: nn.Module, layer: LayerTrace, i: int, output_stride: int) -> A
     r_in, r_out = layer.in_reduction[i], layer.out_reduction[i]
     if r_in == float("inf"):
         return None  # works on a map of fixed size (e.g. after global pooling): not spatial
-    kernel = _pair(module.kernel_size)[i]
-    stride = _pair(module.stride if module.stride is not None else module.kernel_size)[i]
-    dilation = _pair(getattr(module, "dilation", 1))[i]
+    kernel = pair(module.kernel_size)[i]
+    stride = pair(module.stride if module.stride is not None else module.kernel_size)[i]
+    dilation = pair(getattr(module, "dilation", 1))[i]
     d_in, d_out = min(r_in, output_stride), min(r_out, output_stride)
     steps = (r_in / d_in, r_out / d_out, d_out / d_in)
     if any(abs(v - round(v)) > 1e-6 for v in steps):
@@ -124,23 +96,26 @@ def _padding(module: nn.Module, i: int) -> int | None:
         return None  # torch's "same" (stride 1) equals TF-same: lead = total // 2
     if padding == "valid":
         return 0
-    return _pair(padding)[i]
-
-
-def _pair(value: object) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))  # type: ignore[index]
+    return pair(padding)[i]
 
 
 class _LayerProblem(Exception):
     pass
 
 
-_Plan = dict[str, tuple[type[EquivalentLayer], LatticeGeometry]]
+_Replacements = dict[str, tuple[type[EquivalentLayer], LatticeGeometry]]
 
 
-def _plan(trace: ModelTrace, output_stride: int) -> tuple[_Plan, list[Finding]]:
-    """Dense class and geometry of the layers that change; findings for those that can't."""
-    replacements: _Plan = {}
+@dataclass(frozen=True)
+class _Plan:
+    replacements: _Replacements
+    regions: list[RegionPlan]
+    findings: list[Finding]
+
+
+def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
+    """Layers that change, regions that run per phase, findings for what cannot be exact."""
+    replacements: _Replacements = {}
     findings = [
         Finding(name, type(trace.layers[name].module).__name__, why)
         for name, why in trace.inconsistent.items()
@@ -164,11 +139,14 @@ def _plan(trace: ModelTrace, output_stride: int) -> tuple[_Plan, list[Finding]]:
             else (EMaxPool2d if isinstance(module, nn.MaxPool2d) else EAvgPool2d)
         )
         replacements[name] = (cls, geometry)
+    breaking: list[tuple[OpRecord, str]] = []
     for op in trace.ops:
         reason = op.breaks(output_stride)
         if reason is not None:
-            findings.append(Finding(op.module, op.module_type, reason))
-    return replacements, _unique(findings)
+            breaking.append((op, reason))
+    geometries = {name: geometry for name, (_, geometry) in replacements.items()}
+    regions, unfixed = plan_regions(trace, output_stride, breaking, geometries)
+    return _Plan(replacements, regions, _unique(findings + unfixed))
 
 
 def _check_supported(module: nn.Module) -> None:
@@ -239,19 +217,29 @@ def to_dense(
         raise ValueError(f"{type(model).__name__} has no method {method!r} to trace")
     trace = trace_model(model, method, probe_size)
     check_output_stride(output_stride, trace.stride)
+    plan = _plan(trace, output_stride)
+    if plan.findings and strict:
+        raise NotEquivalentError(plan.findings, output_stride, type(model).__name__)
+    reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
-    replacements, findings = _plan(trace, output_stride)
-    if findings and strict:
-        raise NotEquivalentError(findings, output_stride, type(model).__name__)
     modules = dict(target.named_modules())
     new_by_id = {
         id(modules[name]): cls.from_module(modules[name], geometry)
-        for name, (cls, geometry) in replacements.items()
+        for name, (cls, geometry) in plan.replacements.items()
     }
     target = _swap(target, new_by_id)
-    target.dense_info = DenseInfo(
-        output_stride, trace.stride, bool(findings), method, tuple(findings)
-    )
+    for region in plan.regions:
+        module = target.get_submodule(region.module)
+        reasons = region.reasons
+        PhaseRegion(
+            region.module, region.in_step, region.out_step, [module], True, "phase", reasons
+        ).attach()
+    info = DenseInfo(
+        output_stride, trace.stride, bool(plan.findings), method, tuple(plan.findings),
+        tuple(plan.regions),
+    )  # fmt: skip
+    target.dense_info = info
+    target.dense_info = prove(reference, target, info, trace.probe[0], trace.in_chans, strict)
     return target
 
 
@@ -269,6 +257,7 @@ def to_original(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         The original-stride model. A model that is not dense is returned as is (or copied).
     """
     target = model if inplace else copy.deepcopy(model)
+    remove_regions(target, required=True)
     new_by_id = {id(m): m.restore() for m in target.modules() if isinstance(m, EquivalentLayer)}
     target = _swap(target, new_by_id)
     target.__dict__.pop("dense_info", None)

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AxisGeometry", "LatticeGeometry", "original_length", "same_padding"]
+__all__ = [
+    "AxisGeometry",
+    "AxisPlan",
+    "LatticeGeometry",
+    "LatticePlan",
+    "original_length",
+    "same_padding",
+]
 
 
 def original_length(
@@ -65,6 +72,35 @@ def same_padding(n: int, kernel: int, stride: int, dilation: int) -> tuple[int, 
 
 
 @dataclass(frozen=True)
+class AxisPlan:
+    """How a dense layer pads one axis of one input to produce the canonical output.
+
+    Attributes:
+        lead: Dense padding before the first cell.
+        trail: Dense padding after the last cell (negative: crop).
+        out_len: Dense output length, ``n_out * out_step``.
+        original_lead: The original layer's own padding before the first cell.
+        original_trail: The original layer's own padding after the last cell.
+        in_len: Dense input length.
+    """
+
+    lead: int
+    trail: int
+    out_len: int
+    original_lead: int
+    original_trail: int
+    in_len: int
+
+
+@dataclass(frozen=True)
+class LatticePlan:
+    """The :class:`AxisPlan` of both spatial axes."""
+
+    h: AxisPlan
+    w: AxisPlan
+
+
+@dataclass(frozen=True)
 class AxisGeometry:
     """Original and dense geometry of one layer along one spatial axis.
 
@@ -97,7 +133,7 @@ class AxisGeometry:
             return same_padding(n, self.kernel, self.stride, self.dilation)
         return self.padding, self.padding
 
-    def plan(self, length: int, ceil_mode: bool) -> tuple[int, int, int, tuple[int, int]]:
+    def plan(self, length: int, ceil_mode: bool) -> AxisPlan:
         """Padding that makes the dense layer produce the canonical output length.
 
         Args:
@@ -105,9 +141,7 @@ class AxisGeometry:
             ceil_mode: Whether the original layer is a ``ceil_mode`` pool.
 
         Returns:
-            ``(lead, trail, out_len, original_padding)``: dense padding before and after (a
-            negative ``trail`` crops), the dense output length ``n_out * out_step``, and the
-            original layer's own ``(lead, trail)`` padding.
+            The :class:`AxisPlan`.
         """
         if length % self.in_step:
             raise ValueError(
@@ -122,7 +156,7 @@ class AxisGeometry:
         out_len = n_out * self.out_step
         lead = pad[0] * self.in_step
         needed = (out_len - 1) * self.dense_stride + self.dense_dilation * (self.kernel - 1) + 1
-        return lead, needed - lead - length, out_len, pad
+        return AxisPlan(lead, needed - lead - length, out_len, pad[0], pad[1], length)
 
 
 @dataclass(frozen=True)
@@ -158,7 +192,13 @@ class LatticeGeometry:
         """True when the dense layer is the original layer (no step before or after)."""
         return self.in_step == (1, 1) and self.out_step == (1, 1)
 
-    def pad(self, x: torch.Tensor, value: float) -> tuple[torch.Tensor, dict[str, tuple]]:
+    def plan(self, x: torch.Tensor) -> LatticePlan:
+        """The padding plan of both axes for the dense input ``x``."""
+        return LatticePlan(
+            self.h.plan(x.shape[-2], self.ceil_mode), self.w.plan(x.shape[-1], self.ceil_mode)
+        )
+
+    def pad(self, x: torch.Tensor, value: float) -> tuple[torch.Tensor, LatticePlan]:
         """Pad (or crop) ``x`` so an unpadded dense op yields the canonical output size.
 
         Args:
@@ -166,15 +206,9 @@ class LatticeGeometry:
             value: Fill value (0 for convolutions and average pools, -inf for max pools).
 
         Returns:
-            The padded tensor and a dict with, per axis, the dense ``(lead, trail)`` padding,
-            the original ``(lead, trail)`` padding and the output length; the average pool
-            needs these to count the cells of each window.
+            The padded tensor and the plan; the average pool counts each window's cells
+            from it.
         """
-        lead_h, trail_h, out_h, orig_h = self.h.plan(x.shape[-2], self.ceil_mode)
-        lead_w, trail_w, out_w, orig_w = self.w.plan(x.shape[-1], self.ceil_mode)
-        padded = F.pad(x, (lead_w, trail_w, lead_h, trail_h), value=value)
-        info = {
-            "h": ((lead_h, trail_h), orig_h, out_h, x.shape[-2]),
-            "w": ((lead_w, trail_w), orig_w, out_w, x.shape[-1]),
-        }
-        return padded, info
+        plan = self.plan(x)
+        padded = F.pad(x, (plan.w.lead, plan.w.trail, plan.h.lead, plan.h.trail), value=value)
+        return padded, plan

@@ -33,14 +33,26 @@ _RESAMPLE = {
 _REDUCE = {
     "mean", "sum", "amax", "amin", "max", "min", "std", "var", "std_mean", "var_mean",
     "logsumexp", "norm", "prod", "nansum", "nanmean", "median", "argmax", "argmin",
+    "linalg_vector_norm", "vector_norm", "linalg_norm", "all", "any", "aminmax",
 }  # fmt: skip
+_SCAN = {"cumsum", "cumprod", "cummax", "cummin", "logcumsumexp"}
+_CONCAT = {"cat", "concat", "concatenate", "hstack", "vstack"}
+_SPLIT = {"split", "chunk", "narrow", "tensor_split", "unbind", "split_with_sizes", "select"}
+# Tensors built from sizes alone: a coordinate map of the input size is one.
+_CREATE = {
+    "arange", "linspace", "logspace", "zeros", "ones", "full", "empty", "rand", "randn",
+    "meshgrid", "eye",
+}  # fmt: skip
+# Kinds whose op reads every position (or a position's rank among all): on phases each phase
+# has its own statistics, so shifted phases differ from the original on shifted inputs.
+GLOBAL_KINDS = frozenset({"reduce", "adaptive", "reshape", "scan", "create"})
 _SOFTMAX = {"softmax", "log_softmax", "softmin"}
 _GLOBAL_NORM = {"group_norm", "instance_norm", "local_response_norm"}
 _RESHAPE = {"flatten", "view", "reshape"}
 
 
 def _name(func: Any) -> str:
-    return getattr(func, "__name__", str(func)).lstrip("_")
+    return getattr(func, "__name__", str(func)).strip("_")
 
 
 def _first_tensor(values: Any) -> torch.Tensor | None:
@@ -107,6 +119,16 @@ def _classify(name: str, args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[st
             return None  # elementwise maximum
         dim = _arg(args, kwargs, 2, "dim") if name == "norm" else _arg(args, kwargs, 1, "dim")
         return "reduce", _dims(dim, ndim)
+    if name in _SCAN:
+        return "scan", _dims(_arg(args, kwargs, 1, "dim"), ndim)
+    if name in _CONCAT:
+        dim = _arg(args, kwargs, 1, "dim")
+        return "concat", _dims(0 if dim is None else dim, ndim)
+    if name in _SPLIT:
+        default = 0 if name not in {"narrow", "select"} else None
+        dim = _arg(args, kwargs, 2 if name in {"split", "chunk", "tensor_split"} else 1, "dim")
+        dim = default if dim is None else dim
+        return "index", _dims(dim, ndim) if isinstance(dim, int) else ()
     if name in _SOFTMAX:
         return "reduce", _dims(_arg(args, kwargs, 1, "dim"), ndim)
     if name in _GLOBAL_NORM:
@@ -149,21 +171,26 @@ class OpRecord:
         self.in_reduction = red(self.in_shape, other.in_shape)
         self.out_reduction = red(self.out_shape, other.out_shape)
 
+    def steps(self, output_stride: int) -> tuple[int, int]:
+        """Lattice steps of the op's input and output tensors at ``output_stride`` (1: none)."""
+
+        def step(reds: tuple[float, ...]) -> int:
+            finite = [r for r in reds if r != float("inf") and r > 0]
+            return round(max((r / min(r, output_stride) for r in finite), default=1.0))
+
+        return step(self.in_reduction), step(self.out_reduction)
+
     def breaks(self, output_stride: int) -> str | None:
         """Why this op is not equivalent at ``output_stride``, or ``None`` if it is."""
-        spatial = [d for d, r in enumerate(self.in_reduction) if r != float("inf")]
+        reductions = self.out_reduction if self.kind == "create" else self.in_reduction
+        spatial = [d for d, r in enumerate(reductions) if r != float("inf")]
         if not spatial:
             return None  # works on a map that no longer depends on the input size
-
-        def step(reds: tuple[float, ...]) -> float:
-            finite = [r for r in reds if r != float("inf") and r > 0]
-            return max((r / min(r, output_stride) for r in finite), default=1.0)
-
-        s_in, s_out = step(self.in_reduction), step(self.out_reduction)
+        s_in, s_out = self.steps(output_stride)
         if max(s_in, s_out) <= 1:
             return None  # before the first removed stride nothing changes
-        where = f"at stride {int(max(r for r in self.in_reduction if r != float('inf')))}"
-        return self._reason(spatial, where, int(s_in))
+        where = f"at stride {int(max(reductions[d] for d in spatial))}"
+        return self._reason(spatial, where, max(s_in, s_out))
 
     def _reason(self, spatial: list[int], where: str, step: int) -> str | None:
         op, kind = self.op, self.kind
@@ -193,6 +220,12 @@ class OpRecord:
             return None
         if kind == "index" and set(self.detail) & set(spatial):
             return f"slices spatial positions {where}; offsets must scale with the lattice step"
+        if kind == "concat" and set(self.detail) & set(spatial):
+            return f"{op} joins maps along a spatial dim {where}; the joint moves with the step"
+        if kind == "scan" and (self.detail is None or set(self.detail) & set(spatial)):
+            return f"{op} accumulates along a spatial dim {where}; dense maps add extra positions"
+        if kind == "create":
+            return f"{op} builds a map from the input size {where} (a coordinate map)"
         return None
 
 
@@ -203,6 +236,8 @@ def describe_op(
     name = _name(func)
     x = _first_tensor(args)
     y = _first_tensor(out)
+    if name in _CREATE and y is not None and x is None:
+        return OpRecord(module, module_type, name, "create", None, (), tuple(y.shape))
     if x is None or y is None or x.ndim < 3:
         return None
     kind = _classify(name, args, kwargs, x)

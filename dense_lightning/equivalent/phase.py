@@ -1,79 +1,93 @@
-"""Phase execution: dense layers run as ordinary layers on space-to-batch phases, exactly.
+"""Phase layout: the one mechanism behind exact per-phase execution and phase-split speed.
 
-A dense tensor of lattice step ``m`` interleaves ``m*m`` phases, each a sub-image of the
-original length ``n``. A dense layer whose input has step ``m > 1`` has dense stride 1 and
-dilation ``d*m``: it only ever reads cells of the phase it writes. Split into phases
-(``[N, C, n*m, n*m] -> [m*m*N, C, n, n]``), the same layer with its steps divided by ``m`` (the
-original dilation ``d``, padding ``p``) computes the same numbers, border included: the
-canonical length puts zeros exactly where each phase needs its padding. Dilated kernels are
-slow in some backends; the phase layout trades them for ordinary ones plus two reshuffles.
+A dense tensor of lattice step ``S`` interleaves ``S*S`` phases, each a map the original network
+computes (phase 0 on the input itself, the others on shifted views). :func:`space_to_batch`
+makes each phase a batch element; :func:`batch_to_space` interleaves them back. A
+:class:`PhaseRegion` is a module (or a run of ``nn.Sequential`` children) that runs in phase
+layout: its inputs are split on entry, its outputs interleaved on exit, and every equivalent
+layer inside uses the geometry of its phases (:func:`phase_geometry`). Two reasons to have one:
 
-Two granularities, both exact:
+- **Exactness** (``required``): a module that mixes positions (squeeze-excitation, group norm,
+  attention, a functional pool or pad) computes, on each phase, exactly what the original
+  computes on that view. Phase 0 is the original, border included.
+- **Speed** (chosen by :func:`~dense_lightning.equivalent.execution.set_execution`): dilated
+  kernels become ordinary kernels on phases, as in TensorFlow's atrous space-to-batch.
 
-- per layer: split, run, interleave (``set_execution(model, "phase", blocks=False)``);
-- per block: a run of consecutive children of an ``nn.Sequential`` whose spatial layers all
-  have input steps divisible by ``b`` is entered once in ``b``-phase layout and left once
-  (forward hooks on the run's first and last child: module names and ``state_dict`` keys
-  stay). Elementwise ops, per-channel norms (BatchNorm in train mode too: same elements) and
-  residual adds inside the run see the same values, only reordered.
-
-``"auto"`` times both paths of every layer and block the first time it sees an input shape,
-device and dtype (under ``no_grad``, in eval mode, like ``cudnn.benchmark``), caches the
-choice, and takes phases only when they are at least 5% faster.
+A region may also change the step (fixed-factor resampling such as nearest or bilinear
+upsampling between two lattices): each output phase is computed from the input phase that the
+original computation on that view reads.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import statistics
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from dense_lightning.equivalent.base import EquivalentLayer
 from dense_lightning.equivalent.lattice import LatticeGeometry
 
 __all__ = [
-    "Execution",
-    "PhaseBlock",
+    "PhaseRegion",
+    "Step",
     "batch_to_space",
     "execute",
-    "execution_choices",
     "fastest",
-    "phase_blocks",
     "phase_geometry",
-    "set_execution",
+    "select_phases",
     "space_to_batch",
 ]
 
-Execution = Literal["auto", "dilated", "phase"]
 Step = tuple[int, int]
 # Phases must beat the dilated path by this factor before "auto" takes them (noise guard).
 _MARGIN = 0.95
 
 
 def space_to_batch(x: torch.Tensor, step: Step) -> torch.Tensor:
-    """Split ``[N, C, H, W]`` into its phases: ``[sh*sw*N, C, H/sh, W/sw]``, phase-major."""
-    (sh, sw), (n, c, h, w) = step, x.shape
-    x = x.reshape(n, c, h // sh, sh, w // sw, sw).permute(3, 5, 0, 1, 2, 4)
-    return x.reshape(sh * sw * n, c, h // sh, w // sw)
+    """Split ``[N, ..., H, W]`` into its phases: ``[sh*sw*N, ..., H/sh, W/sw]``, phase-major."""
+    (sh, sw), (n, *mid, h, w) = step, x.shape
+    if (sh, sw) == (1, 1):
+        return x
+    k = len(mid)
+    x = x.reshape(n, *mid, h // sh, sh, w // sw, sw)
+    x = x.permute(k + 2, k + 4, 0, *range(1, k + 1), k + 1, k + 3)
+    return x.reshape(sh * sw * n, *mid, h // sh, w // sw)
 
 
 def batch_to_space(x: torch.Tensor, step: Step) -> torch.Tensor:
     """Interleave phases back: the inverse of :func:`space_to_batch`."""
-    (sh, sw), (b, c, h, w) = step, x.shape
-    x = x.reshape(sh, sw, b // (sh * sw), c, h, w).permute(2, 3, 4, 0, 5, 1)
-    return x.reshape(b // (sh * sw), c, h * sh, w * sw)
+    (sh, sw), (b, *mid, h, w) = step, x.shape
+    if (sh, sw) == (1, 1):
+        return x
+    k = len(mid)
+    x = x.reshape(sh, sw, b // (sh * sw), *mid, h, w)
+    x = x.permute(2, *range(3, k + 3), k + 3, 0, k + 4, 1)
+    return x.reshape(b // (sh * sw), *mid, h * sh, w * sw)
+
+
+def select_phases(x: torch.Tensor, step: Step, keep: Step) -> torch.Tensor:
+    """Of the phases of ``space_to_batch(x, step)``, keep those with index below ``keep``."""
+    (sh, sw), (kh, kw) = step, keep
+    phases = space_to_batch(x, step)
+    if (kh, kw) == (sh, sw):
+        return phases
+    grid = phases.reshape(sh, sw, -1, *phases.shape[1:])[:kh, :kw]
+    return grid.reshape(kh * kw * grid.shape[2], *phases.shape[1:])
 
 
 @functools.lru_cache(maxsize=4096)
 def phase_geometry(geometry: LatticeGeometry, base: Step) -> LatticeGeometry:
     """The geometry of a dense layer seen on ``base``-phase inputs: steps divided by ``base``."""
+    if base == (1, 1):
+        return geometry
     axes = []
     for axis, b in zip((geometry.h, geometry.w), base, strict=True):
         if axis.in_step % b or axis.out_step % b:
@@ -82,13 +96,199 @@ def phase_geometry(geometry: LatticeGeometry, base: Step) -> LatticeGeometry:
     return LatticeGeometry(axes[0], axes[1], geometry.ceil_mode)
 
 
-def _split_step(geometry: LatticeGeometry) -> Step:
+def split_step(geometry: LatticeGeometry) -> Step:
     """Per axis, the step worth splitting: the input step, or 1 for a kernel of size 1."""
     return tuple(a.in_step if a.kernel > 1 else 1 for a in (geometry.h, geometry.w))  # type: ignore[return-value]
 
 
-def _key(x: torch.Tensor, base: Step) -> tuple:
-    return tuple(x.shape), x.dtype, x.device, base
+def _divide(a: Step, b: Step) -> Step:
+    return a[0] // b[0], a[1] // b[1]
+
+
+def _divides(b: Step, a: Step) -> bool:
+    return a[0] % b[0] == 0 and a[1] % b[1] == 0
+
+
+class _Active(threading.local):
+    """The regions currently entered in this thread, innermost last."""
+
+    def __init__(self) -> None:
+        self.stack: list[PhaseRegion] = []
+
+
+_ACTIVE = _Active()
+
+
+def _outer_base() -> Step:
+    return _ACTIVE.stack[-1].in_step if _ACTIVE.stack else (1, 1)
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to every spatial tensor (3 dims or more) in a nested structure."""
+    if isinstance(value, torch.Tensor):
+        return fn(value) if value.ndim >= 3 else value
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+@dataclass(eq=False)
+class PhaseRegion:
+    """A module, or a run of ``nn.Sequential`` children, executed in phase layout.
+
+    Attributes:
+        name: Qualified name of the module (``seq[a:b]`` for a run of children).
+        in_step: Lattice step of the region's inputs (per axis).
+        out_step: Lattice step of its outputs; it divides ``in_step`` (equal unless the region
+            resamples between two lattices).
+        modules: The module, or the run's children in order; entered at the first, left at
+            the last.
+        required: True when the region exists for exactness (it always runs in phases);
+            False when chosen for speed.
+        mode: For chosen regions, ``"phase"`` (always) or ``"auto"`` (timed per input).
+        reasons: For required regions, why the module needs phases.
+    """
+
+    name: str
+    in_step: Step
+    out_step: Step
+    modules: list[nn.Module]
+    required: bool
+    mode: str = "phase"
+    reasons: tuple[str, ...] = ()
+    choices: dict[tuple, str] = field(default_factory=dict)
+    _entered: list[bool] = field(default_factory=list, repr=False)
+    _tuning: bool = field(default=False, repr=False)
+
+    def base_for(self, geometry: LatticeGeometry) -> Step:
+        """The phase base an equivalent layer inside this region runs with."""
+        base = []
+        for step, s_in, s_out in zip(geometry.in_step, self.in_step, self.out_step, strict=True):
+            if step % s_in == 0:
+                base.append(s_in)
+            elif step % s_out == 0:
+                base.append(s_out)
+            else:
+                raise ValueError(
+                    f"{self.name}: a layer of lattice step {geometry.in_step} cannot run inside "
+                    f"a phase region of step {self.in_step}"
+                )
+        return base[0], base[1]
+
+    def attach(self) -> None:
+        """Register the entry and exit hooks (module names and ``state_dict`` keys stay).
+
+        A chosen region's entry runs before, and its exit after, those of a required region
+        on the same module: chosen regions enclose required ones, never the reverse.
+        """
+        self.modules[0].register_forward_pre_hook(
+            self._enter_hook, with_kwargs=True, prepend=not self.required
+        )
+        self.modules[-1].register_forward_hook(self._leave_hook, always_call=True)
+
+    def split(self, value: Any) -> Any:
+        """Inputs in dense layout (relative to the enclosing region) -> this region's phases."""
+        rel = _divide(self.in_step, _outer_base())
+        if self.out_step == self.in_step:
+            return _map_tensors(value, lambda t: space_to_batch(_checked(t, rel, self), rel))
+        return _map_tensors(
+            value, lambda t: select_phases(_checked(t, rel, self), rel, self.out_step)
+        )
+
+    def merge(self, value: Any, outer: Step) -> Any:
+        """Outputs in this region's phases -> dense layout relative to ``outer``."""
+        rel = _divide(self.out_step, outer)
+        return _map_tensors(value, lambda t: batch_to_space(t, rel))
+
+    def _decide(self, args: tuple, kwargs: dict) -> bool:
+        """Whether this call runs in phases (always for required regions)."""
+        if self.required or self.mode == "phase":
+            return True
+        x = next((t for t in args if isinstance(t, torch.Tensor)), None)
+        if x is None or len(args) != 1 or kwargs:
+            return False
+        key = (tuple(x.shape), x.dtype, x.device, _outer_base())
+        if key not in self.choices:
+            self.choices[key] = self._time(x)
+        return self.choices[key] == "phase"
+
+    def _time(self, x: torch.Tensor) -> str:
+        modes = {m: m.training for c in self.modules for m in c.modules()}
+        self._tuning = True
+        try:
+            with torch.no_grad():
+                for module in modes:
+                    module.training = False
+                return fastest(
+                    {
+                        "dilated": lambda: self._chain(x, False),
+                        "phase": lambda: self._chain(x, True),
+                    },
+                    x.device,
+                )
+        finally:
+            for module, training in modes.items():
+                module.training = training
+            self._tuning = False
+
+    def _chain(self, x: torch.Tensor, phase: bool) -> torch.Tensor:
+        """Run the modules in order by one path (timing only; this region's hooks stand aside)."""
+        outer = _outer_base()
+        y = self.split(x) if phase else x
+        with self.entered(phase):
+            for module in self.modules:
+                y = module(y)
+        return self.merge(y, outer) if phase else y
+
+    @contextmanager
+    def entered(self, phase: bool) -> Iterator[None]:
+        """Push this region on the active stack for the duration (when ``phase``)."""
+        if phase:
+            _ACTIVE.stack.append(self)
+        try:
+            yield
+        finally:
+            if phase:
+                _ACTIVE.stack.pop()
+
+    def _enter_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        if self._tuning:
+            return None
+        phase = self._decide(args, kwargs)
+        self._entered.append(phase)
+        if not phase:
+            return None
+        args, kwargs = self.split(args), self.split(kwargs)
+        _ACTIVE.stack.append(self)
+        return args, kwargs
+
+    def _leave_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._tuning or not self._entered:
+            return None
+        if not self._entered.pop():
+            return None
+        _ACTIVE.stack.pop()
+        if output is None:
+            return None  # an exception is unwinding (always_call): nothing to interleave
+        return self.merge(output, _outer_base())
+
+
+def _checked(t: torch.Tensor, rel: Step, region: PhaseRegion) -> torch.Tensor:
+    if t.shape[-2] % rel[0] or t.shape[-1] % rel[1]:
+        raise ValueError(
+            f"{region.name}: input of spatial size {tuple(t.shape[-2:])} is not a multiple of "
+            f"its lattice step {rel}; feed the dense model from its input, not mid-way"
+        )
+    return t
+
+
+def current_base(geometry: LatticeGeometry) -> Step:
+    """The phase base of the innermost active region for a layer of ``geometry``."""
+    return _ACTIVE.stack[-1].base_for(geometry) if _ACTIVE.stack else (1, 1)
 
 
 def fastest(
@@ -117,284 +317,56 @@ def fastest(
 
 
 def execute(
-    layer: nn.Module, x: torch.Tensor, run: Callable[[torch.Tensor, LatticeGeometry], torch.Tensor]
+    layer: EquivalentLayer,
+    x: torch.Tensor,
+    run: Callable[[torch.Tensor, LatticeGeometry], torch.Tensor],
 ) -> torch.Tensor:
-    """Run an equivalent layer on ``x`` by the path its execution mode selects.
+    """Run an equivalent layer on ``x`` (dense, or in the layout of the active region).
 
     Args:
-        layer: The equivalent layer; its ``geometry``, ``_execution`` and ``_phase_block``
-            decide the path. ``x`` is dense, or in the phase layout of an active block, and
-            the output comes back in the layout of ``x``.
+        layer: The equivalent layer; its geometry, its execution mode and the active region
+            decide the path. The output comes back in the layout of ``x``.
         x: Its input.
-        run: The layer's dense computation for a given geometry.
+        run: The layer's computation for a given geometry.
     """
-    geometry = layer.geometry
-    block = layer.__dict__.get("_phase_block")
-    base: Step = (1, 1)
-    if block is not None and block.active:
-        base = block.base
-        geometry = phase_geometry(geometry, base)
-    mode = layer.__dict__.get("_execution", "dilated")
-    step = _split_step(geometry)
-    if mode == "dilated" or step == (1, 1):
+    base = current_base(layer.geometry)
+    geometry = phase_geometry(layer.geometry, base)
+    state = layer.dense_state
+    step = split_step(geometry)
+    if state.execution == "dilated" or step == (1, 1):
         return run(x, geometry)
     phased = phase_geometry(geometry, step)
 
     def by_phase() -> torch.Tensor:
         return batch_to_space(run(space_to_batch(x, step), phased), step)
 
-    if mode == "auto":
-        choices = layer.__dict__.setdefault("_phase_choice", {})
-        key = _key(x, base)
-        if key not in choices:
+    if state.execution == "auto":
+        key = (tuple(x.shape), x.dtype, x.device, base)
+        if key not in state.choices:
             with torch.no_grad():
-                choices[key] = fastest(
+                state.choices[key] = fastest(
                     {"dilated": lambda: run(x, geometry), "phase": by_phase}, x.device
                 )
-        if choices[key] == "dilated":
+        if state.choices[key] == "dilated":
             return run(x, geometry)
     return by_phase()
 
 
-@dataclass(eq=False)
-class PhaseBlock:
-    """A run of consecutive children of an ``nn.Sequential`` executed in phase layout.
-
-    Attributes:
-        name: Qualified names of the run's children, for display.
-        base: Phase step the run is entered with (per axis).
-        children: The run's children, in order.
-        mode: ``"phase"`` (always) or ``"auto"`` (timed per input shape).
-        anchor: ``(owner, key, layer)`` for one equivalent layer of the run; when
-            ``owner.key`` no longer holds it (``to_original`` swapped it), the hooks stand aside.
-    """
-
-    name: str
-    base: Step
-    children: list[nn.Module]
-    mode: str
-    anchor: tuple[nn.Module, str, nn.Module]
-    active: bool = False
-    tuning: bool = False
-    choices: dict[tuple, str] = field(default_factory=dict)
-
-    def valid(self) -> bool:
-        """True while the run's anchor layer is still the equivalent layer it was."""
-        owner, key, layer = self.anchor
-        return owner._modules.get(key) is layer
-
-    def run(self, x: torch.Tensor, phase: bool) -> torch.Tensor:
-        """Run the children on ``x`` by one path (used while tuning)."""
-        self.active = phase
-        y = space_to_batch(x, self.base) if phase else x
-        for child in self.children:
-            y = child(y)
-        return batch_to_space(y, self.base) if phase else y
-
-    def decide(self, x: torch.Tensor) -> str:
-        """The path for this input: fixed, or timed once per shape, dtype and device."""
-        if self.mode != "auto":
-            return self.mode
-        key = _key(x, self.base)
-        if key not in self.choices:
-            modes = {m: m.training for c in self.children for m in c.modules()}
-            self.tuning = True
-            try:
-                with torch.no_grad():
-                    for module in modes:
-                        module.training = False
-                    self.choices[key] = fastest(
-                        {"dilated": lambda: self.run(x, False), "phase": lambda: self.run(x, True)},
-                        x.device,
-                    )
-            finally:
-                for module, training in modes.items():
-                    module.training = training
-                self.tuning = self.active = False
-        return self.choices[key]
-
-    def enter(self, module: nn.Module, args: tuple) -> tuple | None:
-        """Forward pre-hook on the run's first child: split the input into phases."""
-        if self.tuning:
-            return None
-        self.active = False
-        if not self.valid() or len(args) != 1:
-            return None
-        x = args[0]
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            return None
-        if x.shape[-2] % self.base[0] or x.shape[-1] % self.base[1] or self.decide(x) != "phase":
-            return None
-        self.active = True
-        return (space_to_batch(x, self.base),)
-
-    def leave(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        """Forward hook (always called) on the run's last child: interleave the phases back."""
-        if self.tuning or not self.active:
-            return None
-        self.active = False
-        if output is None:
-            return None  # an exception is unwinding (always_call): nothing to interleave
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"{self.name}: a phase block must end in a module that returns a tensor, got "
-                f"{type(output).__name__}; use set_execution(model, mode, blocks=False)"
-            )
-        return batch_to_space(output, self.base)
-
-
-# Modules whose result depends on where a value sits among all positions, or on the batch:
-# never inside a block (a strictly converted model has none in its body anyway).
-_POSITIONAL = (
-    nn.GroupNorm, nn.LocalResponseNorm, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.Fold, nn.Unfold, nn.Flatten, nn.MultiheadAttention, nn.modules.instancenorm._InstanceNorm,
-    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.conv._ConvTransposeNd, nn.Conv1d, nn.Conv3d,
-)  # fmt: skip
-_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _pointwise(module: nn.Module) -> bool:
-    ones = [getattr(module, a, 1) for a in ("kernel_size", "stride", "dilation")]
-    return all(v in (1, (1, 1)) for v in ones) and getattr(module, "padding", 0) in (0, (0, 0))
-
-
-def _child_base(child: nn.Module, counts: Counter) -> tuple[Step | None, bool]:
-    """The step a child can be entered with, and whether phases would help it.
-
-    Returns:
-        ``(base, motivated)``: ``base`` is the gcd of the input steps of its equivalent layers
-        (``None`` when it has no spatial layer, ``(1, 1)`` when it cannot run on phases);
-        ``motivated`` is true when it holds a dilated layer with a kernel wider than 1.
-    """
-    from dense_lightning.equivalent.layers import EquivalentLayer  # layers.py imports this module
-
-    base: Step | None = None
-    motivated = False
-    for module in child.modules():
-        foreign_hooks = module._forward_hooks or module._forward_pre_hooks
-        if counts[id(module)] > 1 or foreign_hooks or isinstance(module, _POSITIONAL):
-            return (1, 1), False
-        if isinstance(module, EquivalentLayer):
-            step = module.geometry.in_step
-            motivated |= _split_step(module.geometry) != (1, 1)
-        elif isinstance(module, _SPATIAL) and not _pointwise(module):
-            return (1, 1), False
-        else:
-            continue
-        base = step if base is None else (math.gcd(base[0], step[0]), math.gcd(base[1], step[1]))
-    return base, motivated
-
-
-def _runs(bases: list[tuple[Step | None, bool]]) -> list[tuple[int, int, Step]]:
-    """Maximal runs ``(first, last, base)`` of children sharing one base > 1."""
-    runs: list[list[Any]] = []
-    current: list[Any] | None = None
-    for i, (base, motivated) in enumerate(bases):
-        if base is None:
-            if current is not None:
-                current[1] = i
-            continue
-        if base == (1, 1):
-            current = None
-        elif current is not None and current[2] == base:
-            current[1], current[3] = i, current[3] or motivated
-        else:
-            current = [i, i, base, motivated]
-            runs.append(current)
-    return [(first, last, base) for first, last, base, motivated in runs if motivated]
-
-
-def phase_blocks(model: nn.Module, mode: str = "phase") -> list[PhaseBlock]:
-    """Plan the blocks of ``model``: maximal same-step runs of ``nn.Sequential`` children.
-
-    Only plain ``nn.Sequential`` containers (whose forward just chains the children) hold
-    blocks, so no value inside a run is seen outside it. Children that are shared, hooked, or
-    hold an op that mixes positions or batch elements never join a run.
-    """
-    from dense_lightning.equivalent.layers import EquivalentLayer  # layers.py imports this module
-
-    counts = Counter(id(module) for _, module in model.named_modules(remove_duplicate=False))
-    blocks: list[PhaseBlock] = []
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        items = [(k, c) for k, c in module._modules.items() if c is not None]
-        taken: set[int] = set()
-        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            for first, last, base in _runs([_child_base(c, counts) for _, c in items]):
-                keys = [k for k, _ in items[first : last + 1]]
-                name = f"{prefix}[{keys[0]}:{keys[-1]}]" if len(keys) > 1 else f"{prefix}.{keys[0]}"
-                children = [c for _, c in items[first : last + 1]]
-                anchor = next(
-                    (owner, k, sub)
-                    for owner in (module, *(m for c in children for m in c.modules()))
-                    for k, sub in owner._modules.items()
-                    if isinstance(sub, EquivalentLayer) and (owner is not module or k in keys)
-                )
-                blocks.append(PhaseBlock(name.lstrip("."), base, children, mode, anchor))
-                taken.update(range(first, last + 1))
-        for i, (key, child) in enumerate(items):
-            if i not in taken:
-                visit(child, f"{prefix}.{key}")
-
-    visit(model, "")
-    return blocks
-
-
-def _clear(model: nn.Module) -> None:
-    """Remove every block hook and execution attribute from ``model``."""
+def region_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, dict, int, PhaseRegion]]:
+    """Every region hook on ``model``: ``(module, hook dict, hook id, region)``."""
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for hook_id, hook in list(hooks.items()):
-                if isinstance(getattr(hook, "__self__", None), PhaseBlock):
-                    del hooks[hook_id]
-                    module._forward_hooks_always_called.pop(hook_id, None)
-        for attr in ("_execution", "_phase_block", "_phase_choice"):
-            module.__dict__.pop(attr, None)
+                region = getattr(hook, "__self__", None)
+                if isinstance(region, PhaseRegion):
+                    yield module, hooks, hook_id, region
 
 
-def set_execution(model: nn.Module, mode: Execution = "auto", *, blocks: bool = True) -> nn.Module:
-    """Choose how the dense layers of ``model`` execute; every path is exact.
-
-    Args:
-        model: A dense model (from ``to_dense``) or any module holding equivalent layers.
-        mode: ``"dilated"`` (dilated kernels, the default of ``to_dense``), ``"phase"``
-            (ordinary kernels on space-to-batch phases) or ``"auto"`` (the faster of the two,
-            timed per layer and block on the first input of each shape, device and dtype).
-        blocks: Keep runs of ``nn.Sequential`` children in phase layout between layers;
-            ``False`` splits and interleaves around every layer.
-
-    Returns:
-        ``model``, changed in place. ``state_dict`` keys and tensors are unchanged.
-    """
-    from dense_lightning.equivalent.layers import EquivalentLayer  # layers.py imports this module
-
-    if mode not in ("auto", "dilated", "phase"):
-        raise ValueError(f"mode must be 'auto', 'dilated' or 'phase', got {mode!r}")
-    _clear(model)
-    if mode == "dilated":
-        return model
-    for module in model.modules():
-        if isinstance(module, EquivalentLayer):
-            module._execution = mode  # type: ignore[attr-defined]
-    info = getattr(model, "dense_info", None)
-    if not blocks or getattr(info, "approximate", False):
-        return model  # an approximately converted body may mix positions: per layer only
-    for block in phase_blocks(model, mode):
-        for child in block.children:
-            for module in child.modules():
-                if isinstance(module, EquivalentLayer):
-                    module._phase_block = block  # type: ignore[attr-defined]
-        block.children[0].register_forward_pre_hook(block.enter)
-        block.children[-1].register_forward_hook(block.leave, always_call=True)
-    return model
-
-
-def execution_choices(model: nn.Module) -> dict[str, dict[str, int]]:
-    """What ``"auto"`` picked so far: per unit kind, how many decisions took each path."""
-    blocks = {id(b): b for m in model.modules() if (b := m.__dict__.get("_phase_block"))}
-    layers = (m.__dict__.get("_phase_choice", {}) for m in model.modules())
-    return {
-        "blocks": dict(Counter(c for b in blocks.values() for c in b.choices.values())),
-        "layers": dict(Counter(c for choices in layers for c in choices.values())),
-    }
+def remove_regions(model: nn.Module, *, required: bool) -> None:
+    """Remove the chosen regions of ``model`` (and the required ones when ``required``)."""
+    for module, hooks, hook_id, region in list(region_hooks(model)):
+        if required or not region.required:
+            del hooks[hook_id]
+            module._forward_hooks_always_called.pop(hook_id, None)
+            module._forward_hooks_with_kwargs.pop(hook_id, None)
+            module._forward_pre_hooks_with_kwargs.pop(hook_id, None)

@@ -10,12 +10,17 @@ While the probes run, a :class:`~torch.overrides.TorchFunctionMode` watches the 
 calls made *outside* the layers we convert (convs, max and average pools) and records those
 that mix spatial positions: reductions over H or W (squeeze-excitation, ECA, global pooling),
 adaptive pools, interpolation, explicit padding, spatial softmax, group/instance norm,
-flattening of spatial axes. :mod:`dense_lightning.equivalent.findings` decides which of them
-break equivalence at a given output stride.
+flattening of spatial axes, coordinate maps built from the input size.
+:meth:`~dense_lightning.equivalent.ops.OpRecord.breaks` decides which of them break
+equivalence at a given output stride. The inputs and outputs of every module are recorded
+too, so that the smallest module around such an op that can run in phase layout is found.
+
+An exception raised by a probe becomes a ``ValueError`` naming the module that raised it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +31,15 @@ from torch.overrides import TorchFunctionMode
 
 from dense_lightning.equivalent.ops import OpRecord, describe_op
 
-__all__ = ["SPATIAL_LAYERS", "LayerTrace", "ModelTrace", "flatten_outputs", "trace_model"]
+__all__ = [
+    "SPATIAL_LAYERS",
+    "LayerTrace",
+    "ModelTrace",
+    "ModuleTrace",
+    "flatten_outputs",
+    "probe_sizes",
+    "trace_model",
+]
 
 SPATIAL_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -52,6 +65,26 @@ class LayerTrace:
     out_reduction: tuple[float, float]
 
 
+Reduction = tuple[float, float]
+
+
+@dataclass
+class ModuleTrace:
+    """The tensors a module takes and returns, per call, as reductions of their last two dims.
+
+    Attributes:
+        name: Qualified name.
+        module: The module.
+        calls: Per call, ``(inputs, outputs)``: for each tensor, its reduction along H and W,
+            or ``None`` when a dim other than the last two changes with the input size (a
+            layout the phase split cannot handle).
+    """
+
+    name: str
+    module: nn.Module
+    calls: list[tuple[list[Reduction | None], list[Reduction | None]]]
+
+
 @dataclass
 class ModelTrace:
     """Everything the conversion needs to know about a model."""
@@ -60,6 +93,9 @@ class ModelTrace:
     ops: list[OpRecord]
     output_reductions: list[tuple[float, float]]
     inconsistent: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, ModuleTrace] = field(default_factory=dict)
+    probe: tuple[int, int] = (96, 224)
+    in_chans: int = 3
 
     @property
     def stride(self) -> int:
@@ -79,6 +115,9 @@ class ModelTrace:
         return int(max(finite))
 
 
+Shapes = list[tuple[int, ...]]
+
+
 @dataclass
 class _Probe:
     layer_in: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -86,6 +125,13 @@ class _Probe:
     repeated: dict[str, set[tuple[int, ...]]] = field(default_factory=dict)
     ops: list[OpRecord] = field(default_factory=list)
     outputs: list[tuple[int, ...]] = field(default_factory=list)
+    calls: dict[str, list[tuple[Shapes, Shapes]]] = field(default_factory=dict)
+    pending: dict[str, list[Shapes]] = field(default_factory=dict)
+    failed_at: tuple[str, nn.Module] | None = None
+
+
+def _shapes(value: Any) -> Shapes:
+    return [tuple(t.shape) for t in flatten_outputs(value)]
 
 
 class _Recorder(TorchFunctionMode):
@@ -114,8 +160,11 @@ def _hooks(
     for name, module in model.named_modules():
         is_leaf = isinstance(module, SPATIAL_LAYERS)
 
-        def pre(mod: nn.Module, args: tuple, name: str = name, is_leaf: bool = is_leaf) -> None:
+        def pre(
+            mod: nn.Module, args: tuple, kwargs: dict, name: str = name, is_leaf: bool = is_leaf
+        ) -> None:
             stack.append((name, mod))
+            probe.pending.setdefault(name, []).append(_shapes(args) + _shapes(kwargs))
             if is_leaf:
                 recorder.leaf_depth += 1
                 shape = tuple(args[0].shape)
@@ -127,11 +176,18 @@ def _hooks(
             mod: nn.Module, args: tuple, out: Any, name: str = name, is_leaf: bool = is_leaf
         ) -> None:
             stack.pop()
+            inputs = probe.pending[name].pop()
             if is_leaf:
                 recorder.leaf_depth -= 1
+            if sys.exc_info()[0] is not None:
+                # An exception is unwinding (always_call): the innermost module sees it first.
+                probe.failed_at = probe.failed_at or (name, mod)
+                return
+            if is_leaf:
                 probe.layer_out[name] = tuple(out.shape)
+            probe.calls.setdefault(name, []).append((inputs, _shapes(out)))
 
-        yield module.register_forward_pre_hook(pre)
+        yield module.register_forward_pre_hook(pre, with_kwargs=True)
         yield module.register_forward_hook(post, always_call=True)
 
 
@@ -147,10 +203,19 @@ def _run_probe(model: nn.Module, method: str, size: int, in_chans: int) -> _Prob
     try:
         with torch.no_grad(), recorder:
             out = getattr(model, method)(x)
+    except Exception as error:
+        where = "its forward"
+        if probe.failed_at is not None and probe.failed_at[0]:
+            where = f"{probe.failed_at[0]} ({type(probe.failed_at[1]).__name__})"
+        raise ValueError(
+            f"{type(model).__name__} could not be traced: {where} raised "
+            f"{type(error).__name__} on a probe input of {size}x{size} px: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        ) from error
     finally:
         for handle in handles:
             handle.remove()
-    probe.outputs = [tuple(t.shape) for t in flatten_outputs(out)]
+    probe.outputs = _shapes(out)
     return probe
 
 
@@ -162,11 +227,47 @@ def reduction(shape1: tuple[int, ...], shape2: tuple[int, ...], delta: int) -> t
     return red[0], red[1]
 
 
-def _first_in_chans(model: nn.Module) -> int:
+def _tensor_reduction(a: tuple[int, ...], b: tuple[int, ...], delta: int) -> Reduction | None:
+    if len(a) != len(b) or len(a) < 3 or a[:-2] != b[:-2]:
+        return None
+    return reduction(a, b, delta)
+
+
+def _cfg(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _in_chans(model: nn.Module) -> int:
+    """Input channels: the model's own config, else the first convolution's.
+
+    The config comes first: a space-to-depth stem's first conv reads more channels than the
+    image has.
+    """
+    size = _cfg(model).get("input_size")
+    if isinstance(size, (tuple, list)) and len(size) == 3:
+        return int(size[0])
+    if isinstance(getattr(model, "in_chans", None), int):
+        return model.in_chans
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
     return 3  # only pools: any channel count works
+
+
+def probe_sizes(model: nn.Module, probe_size: int | None = None) -> list[int]:
+    """Smaller probe sides to try, in order: the given one, else 96, then the model's own size.
+
+    Fixed-size models (attention with fixed position tables, size assertions) only accept
+    their configured input size and sizes a multiple of their stride above it.
+    """
+    if probe_size is not None:
+        return [probe_size]
+    sizes = [96]
+    size = _cfg(model).get("input_size")
+    if isinstance(size, (tuple, list)) and len(size) == 3 and int(size[-1]) not in sizes:
+        sizes.append(int(size[-1]))
+    return sizes
 
 
 def trace_model(
@@ -192,13 +293,19 @@ def trace_model(
         raise ValueError(
             f"{type(model).__name__} has no Conv2d, MaxPool2d or AvgPool2d layer to convert"
         )
-    in_chans = in_chans or _first_in_chans(model)
-    size = probe_size or 96
+    in_chans = in_chans or _in_chans(model)
     was_training = model.training
     model.eval()
     try:
-        p1 = _run_probe(model, method, size, in_chans)
-        p2 = _run_probe(model, method, size + delta, in_chans)
+        sizes = probe_sizes(model, probe_size)
+        for attempt, size in enumerate(sizes):
+            try:
+                p1 = _run_probe(model, method, size, in_chans)
+                p2 = _run_probe(model, method, size + delta, in_chans)
+                break
+            except ValueError:
+                if attempt == len(sizes) - 1:
+                    raise
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())
@@ -222,5 +329,35 @@ def trace_model(
         name: f"is called on inputs of several sizes {sorted(shapes)}"
         for name, shapes in p1.repeated.items()
     }
+    if len(p1.outputs) != len(p2.outputs):
+        raise ValueError(
+            f"{type(model).__name__} returns {len(p1.outputs)} tensors at probe size {size} "
+            f"and {len(p2.outputs)} at {size + delta}; its outputs cannot be traced"
+        )
     outputs = [reduction(a, b, delta) for a, b in zip(p1.outputs, p2.outputs, strict=True)]
-    return ModelTrace(layers, p1.ops, outputs, inconsistent)
+    return ModelTrace(
+        layers, p1.ops, outputs, inconsistent, _module_traces(model, p1, p2, delta),
+        (size, size + delta), in_chans,
+    )  # fmt: skip
+
+
+def _module_traces(model: nn.Module, p1: _Probe, p2: _Probe, delta: int) -> dict[str, ModuleTrace]:
+    modules = dict(model.named_modules())
+    traces = {}
+    for name, calls1 in p1.calls.items():
+        calls2 = p2.calls.get(name, [])
+        if len(calls1) != len(calls2):
+            continue  # called a size-dependent number of times: never a region
+        calls = []
+        for (in1, out1), (in2, out2) in zip(calls1, calls2, strict=True):
+            if len(in1) != len(in2) or len(out1) != len(out2):
+                break
+            calls.append(
+                (
+                    [_tensor_reduction(a, b, delta) for a, b in zip(in1, in2, strict=True)],
+                    [_tensor_reduction(a, b, delta) for a, b in zip(out1, out2, strict=True)],
+                )
+            )
+        else:
+            traces[name] = ModuleTrace(name, modules[name], calls)
+    return traces
