@@ -1,6 +1,6 @@
 """DataModules and datasets: seeded synthetic shapes by default, VOC folders and COCO JSON."""
 
-from dense_lightning.data.base import BaseDataModule, collate_detection, collate_keypoints
+from dense_lightning.data.base import BaseDataModule, collate_instances
 from dense_lightning.data.coco import COCODetectionDataset, COCOKeypointsDataset
 from dense_lightning.data.coco_datamodule import COCODetectionDataModule, COCOKeypointsDataModule
 from dense_lightning.data.folder import SegmentationFolderDataModule, SegmentationFolderDataset
@@ -15,6 +15,7 @@ from dense_lightning.data.synthetic_keypoints import (
     SyntheticKeypointsDataset,
 )
 from dense_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from dense_lightning.data.verify import DatasetError, MissingDataError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -24,6 +25,8 @@ __all__ = [
     "COCODetectionDataset",
     "COCOKeypointsDataModule",
     "COCOKeypointsDataset",
+    "DatasetError",
+    "MissingDataError",
     "SegmentationFolderDataModule",
     "SegmentationFolderDataset",
     "SyntheticDetectionDataModule",
@@ -32,8 +35,7 @@ __all__ = [
     "SyntheticKeypointsDataset",
     "SyntheticSegmentationDataModule",
     "SyntheticSegmentationDataset",
-    "collate_detection",
-    "collate_keypoints",
+    "collate_instances",
     "denormalize",
     "normalize",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -14,20 +14,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from dense_lightning.data.verify import MissingDataError
+
 __all__ = [
     "SPLITS",
     "BaseDataModule",
     "Split",
+    "check_choice",
     "check_range",
     "check_scale_range",
-    "collate_detection",
-    "collate_keypoints",
+    "collate_instances",
     "load_image",
     "require_path",
 ]
 
 Split = Literal["train", "val", "test", "predict"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
+SPLITS: tuple[Split, ...] = get_args(Split)
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
@@ -45,6 +47,13 @@ def check_range(name: str, value: int, low: int, high: int | None = None) -> Non
         raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
+def check_choice(name: str, value: object, choices: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of the values of the ``Literal`` ``choices``."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+
+
 def check_scale_range(scale_min: float, scale_max: float) -> tuple[float, float]:
     """Return ``(scale_min, scale_max)`` after checking ``0 < scale_min <= scale_max``."""
     if not 0 < scale_min <= scale_max:
@@ -53,10 +62,13 @@ def check_scale_range(scale_min: float, scale_max: float) -> tuple[float, float]
 
 
 def require_path(path: str | Path, what: str) -> Path:
-    """Return ``path`` as a ``Path`` or raise ``FileNotFoundError`` naming it and its role."""
+    """Return ``path`` as a ``Path`` or raise ``MissingDataError`` naming it and its role.
+
+    ``MissingDataError`` is both a ``FileNotFoundError`` and a ``ValueError``.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingDataError(f"{what} not found: {path}")
     return path
 
 
@@ -76,26 +88,18 @@ def load_image(path: str | Path) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _collate_instances(batch: Sequence[dict[str, Tensor]]) -> dict[str, Any]:
-    keys = batch[0].keys()
+def collate_instances(batch: Sequence[dict[str, Tensor]]) -> dict[str, Any]:
+    """Batch detection or keypoint samples: per-instance fields as per-image lists.
+
+    ``boxes``, ``labels`` and ``keypoints`` (their length differs between images) stay lists;
+    every other key (``image``, ``image_id``, ``orig_size``, ``scale``) is stacked by
+    ``default_collate``.
+    """
     out: dict[str, Any] = {}
-    for key in keys:
+    for key in batch[0]:
         values = [sample[key] for sample in batch]
         out[key] = values if key in _LIST_KEYS else default_collate(values)
     return out
-
-
-def collate_detection(batch: Sequence[dict[str, Tensor]]) -> dict[str, Any]:
-    """Batch detection samples: images stacked, ``boxes``/``labels`` as per-image lists.
-
-    Every other key (``image_id``, ``orig_size``, ``scale``) is stacked by ``default_collate``.
-    """
-    return _collate_instances(batch)
-
-
-def collate_keypoints(batch: Sequence[dict[str, Tensor]]) -> dict[str, Any]:
-    """Batch keypoint samples: images stacked, ``boxes``/``labels``/``keypoints`` as lists."""
-    return _collate_instances(batch)
 
 
 class BaseDataModule(LightningDataModule):

@@ -18,8 +18,7 @@ from dense_lightning.data.base import (
     Split,
     check_range,
     check_scale_range,
-    collate_detection,
-    collate_keypoints,
+    collate_instances,
 )
 from dense_lightning.data.coco import (
     COCODetectionDataset,
@@ -84,7 +83,7 @@ class COCODataModule(BaseDataModule):
 
 
 class COCODetectionDataModule(COCODataModule):
-    """Object detection from COCO JSON; batches via :func:`collate_detection`.
+    """Object detection from COCO JSON; batches via :func:`collate_instances`.
 
     Labels are contiguous, ``0 .. num_classes - 1``, in order of the sorted category ids of the
     training file (``category_ids[label]`` maps back). See :mod:`dense_lightning.data.coco`
@@ -107,7 +106,7 @@ class COCODetectionDataModule(COCODataModule):
         pin_memory: pin host memory of batches.
     """
 
-    collate_fn = staticmethod(collate_detection)
+    collate_fn = staticmethod(collate_instances)
 
     def __init__(
         self,
@@ -176,7 +175,7 @@ class COCODetectionDataModule(COCODataModule):
 
 
 class COCOKeypointsDataModule(COCODataModule):
-    """Keypoint estimation from COCO keypoints JSON; batches via :func:`collate_keypoints`.
+    """Keypoint estimation from COCO keypoints JSON; batches via :func:`collate_instances`.
 
     Keypoint names and skeleton come from the keypoint category of the training file (the only
     category with keypoints, or ``category_id``); ``flip_pairs`` pairs ``left_x``/``right_x``
@@ -201,7 +200,7 @@ class COCOKeypointsDataModule(COCODataModule):
         pin_memory: pin host memory of batches.
     """
 
-    collate_fn = staticmethod(collate_keypoints)
+    collate_fn = staticmethod(collate_instances)
 
     def __init__(
         self,

@@ -20,8 +20,9 @@ from dense_lightning.data.base import (
     SPLITS,
     BaseDataModule,
     Split,
+    check_choice,
     check_range,
-    collate_detection,
+    collate_instances,
 )
 from dense_lightning.data.shapes import SHAPES, PlacedShape, render_scene
 from dense_lightning.data.transforms import normalize
@@ -72,8 +73,7 @@ class _SyntheticShapes(Dataset):
         check_range("num_samples", num_samples, 0)
         check_range("image_size", image_size, MIN_IMAGE_SIZE)
         check_range("max_objects", max_objects, 1)
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        check_choice("split", split, Split)
         self.num_samples = num_samples
         self.num_kinds = num_kinds
         self.image_size = image_size
@@ -247,7 +247,7 @@ class SyntheticSegmentationDataModule(SyntheticDataModule):
 
 
 class SyntheticDetectionDataModule(SyntheticDataModule):
-    """Synthetic shapes for object detection; batches via :func:`collate_detection`.
+    """Synthetic shapes for object detection; batches via :func:`collate_instances`.
 
     Args:
         num_classes: object classes (background excluded), at most ``len(SHAPES)``.
@@ -262,7 +262,7 @@ class SyntheticDetectionDataModule(SyntheticDataModule):
         max_objects: most shapes per image.
     """
 
-    collate_fn = staticmethod(collate_detection)
+    collate_fn = staticmethod(collate_instances)
 
     def __init__(
         self,

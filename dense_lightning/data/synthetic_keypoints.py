@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dense_lightning.data.base import SPLITS, Split, check_range, collate_keypoints
+from dense_lightning.data.base import Split, check_choice, check_range, collate_instances
 from dense_lightning.data.shapes import (
     contrasting_colour,
     paint,
@@ -179,8 +179,7 @@ class SyntheticKeypointsDataset(Dataset):
         check_range("num_samples", num_samples, 0)
         check_range("image_size", image_size, _MIN_IMAGE_SIZE)
         check_range("max_figures", max_figures, 1)
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        check_choice("split", split, Split)
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed
@@ -215,7 +214,7 @@ class SyntheticKeypointsDataset(Dataset):
 
 
 class SyntheticKeypointsDataModule(SyntheticDataModule):
-    """Synthetic stick figures for keypoint estimation; batches via :func:`collate_keypoints`.
+    """Synthetic stick figures for keypoint estimation; batches via :func:`collate_instances`.
 
     Attributes read by the tasks: ``num_keypoints`` (13), ``keypoint_names``, ``flip_pairs``,
     ``skeleton``, ``num_classes`` (1) and ``image_size``.
@@ -232,7 +231,7 @@ class SyntheticKeypointsDataModule(SyntheticDataModule):
         max_figures: most figures per image.
     """
 
-    collate_fn = staticmethod(collate_keypoints)
+    collate_fn = staticmethod(collate_instances)
 
     def __init__(
         self,

@@ -73,10 +73,10 @@ def test_training_augmentation_keeps_image_and_mask_aligned(voc_root):
     assert flips_seen == {True, False}  # the object moved sides: flips happen
 
 
-def test_missing_root_is_named(tmp_path):
-    dm = make_dm(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        dm.setup("fit")
+def test_missing_root_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset root not found: .*nowhere.*JPEGImages") as err:
+        make_dm(tmp_path / "nowhere", verify=False)
+    assert isinstance(err.value, FileNotFoundError)
 
 
 @pytest.mark.parametrize("folder", ["JPEGImages", "SegmentationClass"])
@@ -94,20 +94,20 @@ def test_missing_split_file_is_named(voc_root):
 def test_listed_image_without_file_is_named(voc_root):
     (voc_root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nzzz\n")
     with pytest.raises(FileNotFoundError, match=r"zzz\.jpg.*train\.txt"):
-        make_dm(voc_root).setup("fit")
+        make_dm(voc_root, verify=False).setup("fit")
 
 
 def test_empty_split_is_rejected(voc_root):
     (voc_root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
     with pytest.raises(ValueError, match=r"val\.txt.*no images"):
-        make_dm(voc_root).setup("validate")
+        make_dm(voc_root, verify=False).setup("validate")
 
 
 def test_size_mismatch_names_both_files(voc_root):
     Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").save(
         voc_root / "SegmentationClass" / "c.png"
     )
-    dm = make_dm(voc_root)
+    dm = make_dm(voc_root, verify=False)
     dm.setup("validate")
     with pytest.raises(ValueError, match=r"c\.jpg.*c\.png"):
         dm.datasets["val"][0]
@@ -115,7 +115,7 @@ def test_size_mismatch_names_both_files(voc_root):
 
 def test_unreadable_image_is_named(voc_root):
     (voc_root / "JPEGImages" / "c.jpg").write_bytes(b"not a jpeg")
-    dm = make_dm(voc_root)
+    dm = make_dm(voc_root, verify=False)
     dm.setup("validate")
     with pytest.raises(ValueError, match=r"c\.jpg"):
         dm.datasets["val"][0]
@@ -125,19 +125,19 @@ def test_label_out_of_range_names_file_and_label(voc_root):
     mask = np.zeros((32, 32), np.uint8)
     mask[5, 5] = 7
     Image.fromarray(mask, mode="L").save(voc_root / "SegmentationClass" / "c.png")
-    dm = make_dm(voc_root)
+    dm = make_dm(voc_root, verify=False)
     dm.setup("validate")
     with pytest.raises(ValueError, match=r"c\.png: label 7"):
         dm.datasets["val"][0]
     # 255 is ignore_index, not an error; with num_classes=8 label 7 is fine.
-    ok = make_dm(voc_root, num_classes=8)
+    ok = make_dm(voc_root, num_classes=8, verify=False)
     ok.setup("validate")
     assert ok.datasets["val"][0]["mask"].max() == 7
 
 
 def test_colour_masks_are_rejected(voc_root):
     Image.new("RGB", (32, 32)).save(voc_root / "SegmentationClass" / "c.png")
-    dm = make_dm(voc_root)
+    dm = make_dm(voc_root, verify=False)
     dm.setup("validate")
     with pytest.raises(ValueError, match=r"c\.png.*'RGB'"):
         dm.datasets["val"][0]

@@ -44,10 +44,10 @@ def test_seed_split_and_index_change_the_sample():
 
 def test_samples_do_not_depend_on_workers():
     dataset = SyntheticDetectionDataset(6, seed=5)
-    from dense_lightning.data import collate_detection
+    from dense_lightning.data import collate_instances
 
-    serial = list(DataLoader(dataset, batch_size=2, collate_fn=collate_detection))
-    parallel = list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_detection))
+    serial = list(DataLoader(dataset, batch_size=2, collate_fn=collate_instances))
+    parallel = list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_instances))
     for s, p in zip(serial, parallel, strict=True):
         assert torch.equal(s["image"], p["image"])
         assert all(torch.equal(a, b) for a, b in zip(s["boxes"], p["boxes"], strict=True))

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dense_lightning.data.base import collate_detection, collate_keypoints
+from dense_lightning.data.base import collate_instances
 from dense_lightning.data.synthetic import box_of
 from dense_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -171,12 +171,12 @@ def test_collate_keeps_instances_as_lists():
     }
     b = {"image": torch.ones(3, 8, 8), "boxes": torch.zeros(0, 4), "labels": torch.zeros(0),
          "keypoints": torch.zeros(0, 5, 3), "image_id": torch.tensor(9)}  # fmt: skip
-    for collate in (collate_detection, collate_keypoints):
-        batch = collate([a, b])
-        assert batch["image"].shape == (2, 3, 8, 8)
-        assert batch["image_id"].tolist() == [4, 9]
-        assert [len(x) for x in batch["boxes"]] == [2, 0]
-        assert [tuple(x.shape) for x in batch["keypoints"]] == [(2, 5, 3), (0, 5, 3)]
+    batch = collate_instances([a, b])
+    assert batch["image"].shape == (2, 3, 8, 8)
+    assert batch["image_id"].tolist() == [4, 9]
+    assert [len(x) for x in batch["boxes"]] == [2, 0]
+    assert [len(x) for x in batch["labels"]] == [2, 0]
+    assert [tuple(x.shape) for x in batch["keypoints"]] == [(2, 5, 3), (0, 5, 3)]
 
 
 @pytest.mark.parametrize("size", [(48, 64), (17, 33)])
