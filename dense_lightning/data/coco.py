@@ -36,8 +36,23 @@ from dense_lightning.data.transforms import (
     random_hflip,
     random_scale_crop,
 )
+from dense_lightning.data.verify import (
+    DatasetError,
+    FileProblems,
+    MissingDataError,
+    check_image,
+    map_files,
+)
 
-__all__ = ["COCODetectionDataset", "COCOKeypointsDataset", "keypoint_category", "load_coco"]
+__all__ = [
+    "COCODetectionDataset",
+    "COCOKeypointsDataset",
+    "check_coco_images",
+    "keypoint_category",
+    "keypoint_flip_pairs",
+    "keypoint_skeleton",
+    "load_coco",
+]
 
 _REQUIRED = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "category_id")}
 
@@ -47,24 +62,24 @@ def load_coco(path: str | Path) -> COCO:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: invalid JSON, or an entry lacks a required field (named with the file).
+        DatasetError: invalid JSON, or an entry lacks a required field (named with the file).
     """
     path = require_path(path, "COCO annotation file")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise DatasetError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with images/annotations/categories")
+        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
     for section in ("images", "annotations", "categories"):
         if not isinstance(data.get(section), list):
-            raise ValueError(f"{path}: missing list {section!r}")
+            raise DatasetError(f"{path}: missing list {section!r}")
     for section, fields in (*_REQUIRED.items(), ("categories", ("id",))):
         for i, entry in enumerate(data[section]):
             missing = [f for f in fields if f not in entry]
             if missing:
                 name = f"id {entry['id']}" if "id" in entry else f"#{i}"
-                raise ValueError(f"{path}: {section[:-1]} {name} lacks {missing}")
+                raise DatasetError(f"{path}: {section[:-1]} {name} lacks {missing}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -77,14 +92,68 @@ def keypoint_category(coco: COCO, path: Path, category_id: int | None = None) ->
     with_kps = {cid: cat for cid, cat in coco.cats.items() if cat.get("keypoints")}
     if category_id is not None:
         if category_id not in with_kps:
-            raise ValueError(f"{path}: category {category_id} does not exist or has no keypoints")
+            raise DatasetError(f"{path}: category {category_id} does not exist or has no keypoints")
         return with_kps[category_id]
     if len(with_kps) != 1:
-        raise ValueError(
+        raise DatasetError(
             f"{path}: expected exactly one category with keypoints, found {sorted(with_kps)}; "
             "pass category_id"
         )
     return next(iter(with_kps.values()))
+
+
+def keypoint_skeleton(category: dict[str, Any]) -> list[tuple[int, int]]:
+    """0-based keypoint index pairs joined by a bone (COCO stores them 1-based)."""
+    return [(int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", [])]
+
+
+def keypoint_flip_pairs(
+    names: Sequence[str], flip_pairs: Sequence[Sequence[int]] | None = None
+) -> list[tuple[int, int]]:
+    """Left/right index pairs swapped by a horizontal flip: ``flip_pairs`` or paired names."""
+    if flip_pairs is None:
+        return flip_pairs_from_names(names)
+    return [(int(a), int(b)) for a, b in flip_pairs]
+
+
+def check_coco_images(
+    coco: COCO, image_dir: Path, problems: FileProblems | None = None
+) -> FileProblems:
+    """Check every image file named by ``coco``: it exists, decodes and has the listed size.
+
+    Images are decoded cheaply (JPEG at 1/8 scale) on a thread pool; all problems are
+    collected, not the first.
+
+    Args:
+        coco: the loaded annotation file.
+        image_dir: folder that ``file_name`` is relative to.
+        problems: report to add to (several splits in one report); default a new one.
+
+    Returns:
+        The report; ``raise_if_any()`` raises its problems as one ``DatasetError``.
+    """
+    problems = FileProblems(image_dir, "COCO images") if problems is None else problems
+    present = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        path = image_dir / info["file_name"]
+        if not problems.first_visit(path):
+            continue
+        if path.is_file():
+            present.append((info, path))
+        else:
+            problems.add("image file missing", path, f"image {info['id']}")
+    for (info, path), size in zip(
+        present, map_files(check_image, [path for _, path in present]), strict=True
+    ):
+        if isinstance(size, str):
+            problems.add("unreadable image", path, f"image {info['id']}: {size}")
+            continue
+        listed = (info.get("height", size[0]), info.get("width", size[1]))
+        if listed != size:
+            detail = f"image {info['id']} is {size[0]}x{size[1]}, listed {listed[0]}x{listed[1]}"
+            problems.add("image size differs from the annotation file (HxW)", path, detail)
+    return problems
 
 
 class _COCODataset(Dataset):
@@ -113,12 +182,12 @@ class _COCODataset(Dataset):
         for image_id in self.image_ids:
             path = self.image_dir / self.coco.imgs[image_id]["file_name"]
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"{path}: image file of image {image_id} in {self.ann_file} not found"
                 )
 
-    def _error(self, ann: dict[str, Any], problem: str) -> ValueError:
-        return ValueError(f"{self.ann_file}: annotation {ann['id']}: {problem}")
+    def _error(self, ann: dict[str, Any], problem: str) -> DatasetError:
+        return DatasetError(f"{self.ann_file}: annotation {ann['id']}: {problem}")
 
     def _box(self, ann: dict[str, Any]) -> list[float]:
         """Validated xyxy box of ``ann``, clipped to its image when the size is known."""
@@ -150,7 +219,7 @@ class _COCODataset(Dataset):
         image = load_image(path)
         height, width = image.shape[-2:]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            raise ValueError(
+            raise DatasetError(
                 f"{path}: image {image_id} is {height}x{width} (HxW) but {self.ann_file} says "
                 f"{info.get('height')}x{info.get('width')}"
             )
@@ -263,13 +332,13 @@ class COCOKeypointsDataset(_COCODataset):
         self.category_id: int = category["id"]
         self.keypoint_names: list[str] = list(category["keypoints"])
         num_kps = len(self.keypoint_names)
-        # COCO skeletons are 1-based.
-        self.skeleton = [(a - 1, b - 1) for a, b in category.get("skeleton", [])]
-        pairs = flip_pairs_from_names(self.keypoint_names) if flip_pairs is None else flip_pairs
-        self.flip_pairs = [(int(a), int(b)) for a, b in pairs]
+        self.skeleton = keypoint_skeleton(category)
+        self.flip_pairs = keypoint_flip_pairs(self.keypoint_names, flip_pairs)
         for a, b in (*self.skeleton, *self.flip_pairs):
             if not (0 <= a < num_kps and 0 <= b < num_kps):
-                raise ValueError(f"{self.ann_file}: keypoint pair {(a, b)} out of range {num_kps}")
+                raise DatasetError(
+                    f"{self.ann_file}: keypoint pair {(a, b)} out of range {num_kps}"
+                )
         per_image: dict[int, list[tuple[list[float], np.ndarray]]] = {i: [] for i in self.image_ids}
         for ann in self.coco.dataset["annotations"]:
             if ann["category_id"] not in self.coco.cats:

@@ -4,6 +4,13 @@ Paths of annotation files and image folders are relative to ``root`` (absolute p
 The training annotation file is the source of truth for the label set and keypoint metadata:
 reading ``num_classes`` or ``keypoint_names`` loads it once (cached, and reused by ``setup``),
 so the attributes are available before ``setup`` for linking into a task.
+
+The layout (root, annotation files, image folders) is checked when a DataModule is built and,
+with ``verify=True`` (the default), every image file of every split too: missing, unreadable
+or of another size than its annotation file says, all reported in one
+:class:`~dense_lightning.data.verify.DatasetError` before a Trainer or logger exists.
+Annotation errors (bad boxes, keypoints, categories) are found when a split's dataset is built
+and name the annotation id.
 """
 
 from __future__ import annotations
@@ -23,19 +30,26 @@ from dense_lightning.data.base import (
 from dense_lightning.data.coco import (
     COCODetectionDataset,
     COCOKeypointsDataset,
+    check_coco_images,
     keypoint_category,
+    keypoint_flip_pairs,
+    keypoint_skeleton,
     load_coco,
 )
-from dense_lightning.data.transforms import flip_pairs_from_names
+from dense_lightning.data.verify import FileProblems, is_local_leader, missing_layout
 
 __all__ = ["COCODataModule", "COCODetectionDataModule", "COCOKeypointsDataModule"]
 
 
 class COCODataModule(BaseDataModule):
-    """Split bookkeeping and cached annotation loading shared by the COCO DataModules.
+    """Split bookkeeping, file checks and cached annotation loading of the COCO DataModules.
 
     ``test`` falls back to the validation annotations and images when ``test_ann`` is None;
     ``predict`` uses the ``test`` files. Only ``train`` is augmented.
+
+    Raises:
+        MissingDataError: the root, an annotation file or an image folder does not exist.
+        DatasetError: ``verify`` found bad image files.
     """
 
     def __init__(
@@ -53,6 +67,7 @@ class COCODataModule(BaseDataModule):
         augment: bool,
         scale_min: float,
         scale_max: float,
+        verify: bool,
         pin_memory: bool,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
@@ -69,6 +84,33 @@ class COCODataModule(BaseDataModule):
             "predict": test,
         }
         self._cocos: dict[Path, COCO] = {}
+        self._check_layout()
+        # One check per machine: the other processes of a multi-GPU launch read the same files.
+        if verify and is_local_leader():
+            self.check_files()
+
+    def _check_layout(self) -> None:
+        expected: dict[str, str] = {}
+        for split, (ann, images) in self.split_files.items():
+            expected.setdefault(ann, f"{split} annotation file")
+            expected.setdefault(f"{images}/", f"{split} image folder")
+        missing_layout(Path(self.root), expected, "a COCO-style folder")
+
+    def check_files(self) -> None:
+        """Check every image file of every split; raise one error listing all bad files.
+
+        Raises:
+            DatasetError: an annotation file is invalid, or bad image files were found (see
+                :func:`~dense_lightning.data.coco.check_coco_images`).
+        """
+        root = Path(self.root)
+        problems = FileProblems(root, "COCO-style folder")
+        seen: set[tuple[str, str]] = set()
+        for split, files in self.split_files.items():
+            if files not in seen:  # test and predict usually reuse the val files
+                seen.add(files)
+                check_coco_images(self.coco(split), root / files[1], problems)
+        problems.raise_if_any()
 
     def ann_path(self, split: Split) -> Path:
         """The annotation file of ``split``."""
@@ -103,6 +145,9 @@ class COCODetectionDataModule(COCODataModule):
         augment: random scale, crop and horizontal flip for training.
         scale_min: smallest training scale (1.0 = letterbox size).
         scale_max: largest training scale.
+        verify: check every image file of every split when the module is built (exists,
+            decodes, has the size its annotation file gives) and raise one error listing all
+            bad files; ``False`` skips it (the layout is still checked).
         pin_memory: pin host memory of batches.
     """
 
@@ -123,6 +168,7 @@ class COCODetectionDataModule(COCODataModule):
         augment: bool = True,
         scale_min: float = 0.75,
         scale_max: float = 1.25,
+        verify: bool = True,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
@@ -139,6 +185,7 @@ class COCODetectionDataModule(COCODataModule):
             augment=augment,
             scale_min=scale_min,
             scale_max=scale_max,
+            verify=verify,
             pin_memory=pin_memory,
         )
         self.save_hyperparameters()
@@ -197,6 +244,9 @@ class COCOKeypointsDataModule(COCODataModule):
         scale_max: largest training scale.
         category_id: the category with keypoints; default the only one that has any.
         flip_pairs: explicit left/right keypoint index pairs.
+        verify: check every image file of every split when the module is built (exists,
+            decodes, has the size its annotation file gives) and raise one error listing all
+            bad files; ``False`` skips it (the layout is still checked).
         pin_memory: pin host memory of batches.
     """
 
@@ -219,6 +269,7 @@ class COCOKeypointsDataModule(COCODataModule):
         scale_max: float = 1.25,
         category_id: int | None = None,
         flip_pairs: list[tuple[int, int]] | None = None,
+        verify: bool = True,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
@@ -235,6 +286,7 @@ class COCOKeypointsDataModule(COCODataModule):
             augment=augment,
             scale_min=scale_min,
             scale_max=scale_max,
+            verify=verify,
             pin_memory=pin_memory,
         )
         self.save_hyperparameters()
@@ -260,14 +312,12 @@ class COCOKeypointsDataModule(COCODataModule):
     @property
     def skeleton(self) -> list[tuple[int, int]]:
         """0-based keypoint index pairs joined by a bone (COCO stores them 1-based)."""
-        return [(a - 1, b - 1) for a, b in self.category.get("skeleton", [])]
+        return keypoint_skeleton(self.category)
 
     @property
     def flip_pairs(self) -> list[tuple[int, int]]:
         """Left/right keypoint index pairs swapped by a horizontal flip."""
-        if self._explicit_flip_pairs is not None:
-            return [(int(a), int(b)) for a, b in self._explicit_flip_pairs]
-        return flip_pairs_from_names(self.keypoint_names)
+        return keypoint_flip_pairs(self.keypoint_names, self._explicit_flip_pairs)
 
     def build_dataset(self, split: Split) -> COCOKeypointsDataset:
         """Build and validate the keypoints dataset of ``split``."""

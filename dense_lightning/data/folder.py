@@ -162,6 +162,7 @@ def check_segmentation_folder(
     pairs = []
     for i in ids:
         image, mask = images / f"{i}{image_ext}", masks / f"{i}{mask_ext}"
+        problems.first_visit(image)
         if not image.is_file():
             problems.add("listed image missing", image)
         if not mask.is_file():
@@ -177,7 +178,6 @@ def check_segmentation_folder(
     for found in map_files(_PairCheck(num_classes, ignore_index), pairs):
         for kind, path, detail in found:
             problems.add(kind, path, detail)
-    problems.checked = len(ids)
     return problems
 
 

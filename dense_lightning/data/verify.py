@@ -92,7 +92,14 @@ class FileProblems:
     root: Path
     what: str
     found: dict[str, list[str]] = field(default_factory=dict)
-    checked: int = 0
+    checked: set[Path] = field(default_factory=set)
+
+    def first_visit(self, path: Path) -> bool:
+        """Count ``path`` as checked; false when it was already (several splits share files)."""
+        if path in self.checked:
+            return False
+        self.checked.add(path)
+        return True
 
     def add(self, kind: str, path: Path, detail: str = "") -> None:
         """Record that ``path`` has a problem of ``kind`` (``detail`` says which, briefly)."""
@@ -108,7 +115,7 @@ class FileProblems:
     def message(self) -> str:
         """The report: one line per kind of problem with its count and first few files."""
         head = (
-            f"{self.what} {self.root}: {len(self)} bad file(s) found checking {self.checked} "
+            f"{self.what} {self.root}: {len(self)} bad file(s) found checking {len(self.checked)} "
             "listed image(s); "
             "fix or remove them (or skip this check with --data.init_args.verify false)"
         )
