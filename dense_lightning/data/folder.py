@@ -172,8 +172,10 @@ def check_segmentation_folder(
     with os.scandir(masks) as entries:
         mask_names = sorted(e.name for e in entries if e.name.endswith(mask_ext))
     for name in mask_names:
-        image_name = f"{name[: -len(mask_ext)]}{image_ext}"
-        if not (images / image_name).is_file():
+        mask_id = name[: -len(mask_ext)]
+        image_name = f"{mask_id}{image_ext}"
+        # A listed id without its image is already reported as such.
+        if mask_id not in ids and not (images / image_name).is_file():
             problems.add("mask without an image", masks / name, f"no {image_dir}/{image_name}")
     for found in map_files(_PairCheck(num_classes, ignore_index), pairs):
         for kind, path, detail in found:
