@@ -1,71 +1,67 @@
-"""Benchmark 4: does dense training, inverse-transferred, beat training at the original stride?
+"""Accuracy: does a densely trained model, exported to the original stride, beat the baseline?
 
-For each seed, from one initialisation and one budget (steps, batch, optimiser, schedule):
+From one pretrained start (a backbone trained at its own stride on a disjoint synthetic task:
+other shapes, other seed) and, per seed, one head initialisation, one data seed, one batch
+order, one schedule and one evaluation, five arms are scored on the same test images:
 
-(a) the baseline task trained at the backbone's own stride;
-(b) the same task converted with ``to_dense`` (``--output-stride``) and trained;
-(c) (b) inverse-transferred with ``to_original``: the architecture of (a), (b)'s weights.
+- ``a``: the baseline, fine-tuned at the backbone's own stride (32) for N steps;
+- ``a_long``: the same with N times the measured dense / original training time ratio
+  (equal compute);
+- ``a_dense``: ``a``'s weights run densely (dense inference without dense training);
+- ``b``: the same start converted with ``to_dense`` and fine-tuned for N steps;
+- ``c``: ``b`` exported with ``to_original`` (``a``'s architecture and cost, ``b``'s weights).
 
-Each is scored on the same test split, with its test-time cost (MACs and CPU time per image).
-The claim under test: (c) beats (a) at (a)'s cost. The defaults rerun in under 20 minutes on 2
-quiet CPU cores.
+Every arm predicts through the task's own prediction path (``predict_step``: logits placed
+on the image by the task). Beside them: the background-only floor and an oracle map at the
+original stride (the best a stride-32 output reaches when each cell only has to say what
+surrounds it). Paired bootstrap intervals over test images decide ``c - a``, ``c - a_long``
+and ``b - a``.
 
-    python -m benchmarks.accuracy [--quick] [--out DIR] [--task segmentation|keypoints]
+    python -m benchmarks.accuracy [--quick] [--out DIR] [--device cuda] [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import concurrent.futures as futures
 import logging
+import multiprocessing
+import os
 import statistics
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from benchmarks import _common as C
+from benchmarks._accuracy_data import DisjointShapesDataModule
 from benchmarks._accuracy_report import markdown, plot
-from dense_lightning.data import SyntheticKeypointsDataModule, SyntheticSegmentationDataModule
-from dense_lightning.equivalent import to_original
-from dense_lightning.tasks import KeypointEstimationTask, SemanticSegmentationTask
+from benchmarks._accuracy_stats import confusions, oracle_confusions, paired_bootstrap, scores
+from benchmarks._accuracy_stats import verdict as decide
+from dense_lightning.data import SyntheticSegmentationDataModule
+from dense_lightning.equivalent import to_original, verify_equivalence
+from dense_lightning.equivalent.cells import CellGeometry, cell_geometry
+from dense_lightning.tasks import SemanticSegmentationTask
 
-
-@dataclass(frozen=True)
-class Spec:
-    """One benchmark task: classes, settings and the metric that decides."""
-
-    task: type
-    data: type
-    metric: str
-    task_kwargs: dict[str, Any]
-    data_kwargs: dict[str, Any]
-    output_stride: int
-
-
-SPECS = {
-    "segmentation": Spec(
-        SemanticSegmentationTask, SyntheticSegmentationDataModule, "miou",
-        dict(backbone="resnet18", num_classes=4, head="fcn", head_channels=64, lr=2e-3,
-             scheduler="cosine", warmup_steps=20),
-        dict(num_classes=4, image_size=96, num_train=1024, num_val=16, num_test=128,
-             batch_size=16, seed=0),
-        output_stride=8,
-    ),
-    "keypoints": Spec(
-        KeypointEstimationTask, SyntheticKeypointsDataModule, "keypoint_ap",
-        dict(backbone="resnet18", head_channels=32, lr=2e-3, scheduler="cosine",
-             warmup_steps=20),
-        dict(image_size=96, num_train=1024, num_val=16, num_test=128, batch_size=16, seed=0),
-        output_stride=8,
-    ),
+ARMS = ("a", "a_long", "a_dense", "b", "c")
+COMPARISONS = (("c", "a"), ("c", "a_long"), ("b", "a"), ("a_dense", "a"))
+PROFILES: dict[str, dict[str, Any]] = {
+    # 2 CPU cores, about 30 minutes: resnet10t, 128 px, 4 seeds, two seeds at a time.
+    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=150,
+                pretrain_steps=400, seeds=[0, 1, 2, 3], num_test=128, jobs=2, cost_repeats=3),
+    # One GPU, about 10 minutes: resnet18, 256 px.
+    "cuda": dict(backbone="resnet18", image_size=256, batch_size=16, steps=600,
+                 pretrain_steps=1500, seeds=[0, 1, 2, 3], num_test=256, jobs=1, cost_repeats=10),
+    # Seconds, for the tests.
+    "quick": dict(backbone="test_resnet", image_size=64, batch_size=4, steps=2,
+                  pretrain_steps=2, seeds=[0, 1], num_test=4, jobs=1, cost_repeats=1),
 }  # fmt: skip
-QUICK = dict(backbone="test_resnet", head_channels=8)
-QUICK_DATA = dict(image_size=64, num_train=8, num_val=4, num_test=8, batch_size=4)
+NUM_CLASSES = 4  # background + 3 shapes; the pretraining task uses 3 other shapes
+PRETRAIN_SEED = 1000
 
 
 def _quiet() -> None:
@@ -74,142 +70,264 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def train(spec: Spec, args: argparse.Namespace, seed: int, output_stride: int | None) -> Any:
-    """Build and fit one task; the initial weights depend on ``seed`` only."""
-    torch.manual_seed(seed)
-    task_kwargs = {**spec.task_kwargs, **(QUICK if args.quick else {})}
-    task = spec.task(**task_kwargs, output_stride=None)
-    if output_stride is not None:
-        # The same initial tensors, converted: to_dense never changes a parameter.
-        dense = spec.task(**task_kwargs, output_stride=output_stride)
-        dense.load_state_dict(task.state_dict(), strict=True)
-        task = dense
-    L.seed_everything(seed, verbose=False)  # the same batches in the same order for a and b
-    trainer = L.Trainer(
-        max_steps=args.steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, accelerator="cpu", devices=1,
+def new_task(args: argparse.Namespace, output_stride: int | None) -> SemanticSegmentationTask:
+    """A segmentation task with the benchmark's settings (random weights)."""
+    return SemanticSegmentationTask(
+        backbone=args.backbone, num_classes=NUM_CLASSES, head="fcn", head_channels=64,
+        lr=args.lr, scheduler="cosine", warmup_steps=args.warmup, output_stride=output_stride,
     )  # fmt: skip
-    start = time.perf_counter()
-    trainer.fit(task, datamodule=data(spec, args))
-    task.train_seconds = time.perf_counter() - start
-    return task.eval()
 
 
-def data_kwargs(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
-    """The data settings after ``--quick`` and ``--image-size``."""
-    kwargs = {**spec.data_kwargs, **(QUICK_DATA if args.quick else {})}
-    return {**kwargs, "image_size": args.image_size or kwargs["image_size"]}
-
-
-def data(spec: Spec, args: argparse.Namespace) -> L.LightningDataModule:
-    """The data module (fixed data seed: every run sees the same images)."""
-    return spec.data(**data_kwargs(spec, args))
-
-
-def predict(task: Any, network: nn.Module, images: torch.Tensor) -> Any:
-    """``task(images)`` with ``network`` in place of ``task.model`` (e.g. the exported one)."""
-    saved = task.model
-    task.model = network
-    try:
-        return task(images)
-    finally:
-        task.model = saved
-
-
-def cost(task: Any, networks: dict[str, nn.Module], images: torch.Tensor, repeats: int) -> dict:
-    """Test-time MACs and CPU time per image of each network inside the task's forward."""
-    calls = {name: (lambda n=net: predict(task, n, images)) for name, net in networks.items()}
-    with torch.no_grad():
-        macs = {name: C.macs(call) / len(images) for name, call in calls.items()}
-        times = C.interleaved(calls, images.device, repeats=repeats, clock="cpu")
-    return {
-        name: {"macs_per_image": macs[name], "cpu_s_per_image": t["median"] / len(images)}
-        for name, t in times.items()
-    }
-
-
-def run_seed(spec: Spec, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Train (a) and (b), derive (c), score all three."""
-    baseline = train(spec, args, seed, None)
-    dense = train(spec, args, seed, args.output_stride or spec.output_stride)
-    exported = to_original(dense.model)
-    # (c) has (a)'s architecture: its weights load into (a)'s network, key for key.
-    copy.deepcopy(baseline.model).load_state_dict(exported.state_dict(), strict=True)
-    dm = data(spec, args)
-    dm.setup("test")
-    loader = dm.test_dataloader()
-    scores = {
-        "a_baseline": baseline.evaluate(loader),
-        "b_dense": dense.evaluate(loader),
-        "c_exported": dense.evaluate(loader, network=exported),
-    }
-    images = next(iter(loader))["image"][: args.cost_batch]
-    networks = {"a_baseline": baseline.model, "b_dense": dense.model, "c_exported": exported}
-    return {
-        "seed": seed,
-        "scores": scores,
-        "cost": cost(dense, networks, images, args.repeats),
-        "train_seconds": {"a_baseline": baseline.train_seconds, "b_dense": dense.train_seconds},
-    }
-
-
-def summarise(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Mean, spread and paired differences over seeds."""
-    out: dict[str, Any] = {}
-    for key in ("a_baseline", "b_dense", "c_exported"):
-        values = [r["scores"][key][metric] for r in runs]
-        out[key] = {
-            "mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values),
-            "max": max(values),
-            "macs_per_image": runs[0]["cost"][key]["macs_per_image"],
-            "cpu_ms_per_image": 1e3 * statistics.median(r["cost"][key]["cpu_s_per_image"]
-                                                        for r in runs),
-        }  # fmt: skip
-    diffs = [r["scores"]["c_exported"][metric] - r["scores"]["a_baseline"][metric] for r in runs]
-    out["c_minus_a"] = {
-        "mean": statistics.mean(diffs),
-        "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-        "per_seed": diffs,
-        "wins": sum(d > 0 for d in diffs),
-    }
+def like(
+    task: SemanticSegmentationTask, args: argparse.Namespace, output_stride: int | None
+) -> SemanticSegmentationTask:
+    """A task of the given structure holding ``task``'s tensors (dense or not: same keys)."""
+    out = new_task(args, output_stride)
+    out.load_state_dict(task.state_dict(), strict=True)
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def fine_tune_data(args: argparse.Namespace, seed: int) -> SyntheticSegmentationDataModule:
+    """The target task; the data seed follows the run seed (train and test images change)."""
+    return SyntheticSegmentationDataModule(
+        num_classes=NUM_CLASSES, image_size=args.image_size, num_train=4096, num_val=4,
+        num_test=args.num_test, batch_size=args.batch_size, seed=seed,
+    )  # fmt: skip
+
+
+def fit(task: Any, data: Any, steps: int, seed: int, args: argparse.Namespace) -> dict:
+    """Train ``task`` for ``steps``; the batch order depends on ``seed`` only."""
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(
+        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
+    )  # fmt: skip
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(task, datamodule=data)
+    return {
+        "steps": steps,
+        "cpu_s": time.process_time() - cpu,
+        "wall_s": time.perf_counter() - wall,
+    }
+
+
+def pretrain(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict]:
+    """Backbone weights trained at the original stride on the disjoint shapes."""
+    torch.manual_seed(PRETRAIN_SEED)
+    task = new_task(args, None)
+    data = DisjointShapesDataModule(
+        num_classes=NUM_CLASSES, image_size=args.image_size, num_train=4096, num_val=4,
+        num_test=4, batch_size=args.batch_size, seed=PRETRAIN_SEED,
+    )  # fmt: skip
+    record = (
+        fit(task, data, args.pretrain_steps, PRETRAIN_SEED, args) if args.pretrain_steps else {}
+    )
+    return {k: v.cpu() for k, v in task.model.backbone.state_dict().items()}, record
+
+
+def start(args: argparse.Namespace, seed: int, backbone: dict | None) -> SemanticSegmentationTask:
+    """The seed's starting point: pretrained backbone, head initialised from ``seed``."""
+    torch.manual_seed(seed)
+    task = new_task(args, None)
+    if backbone is not None:
+        task.model.backbone.load_state_dict(backbone, strict=True)
+    return task
+
+
+def time_ratio(args: argparse.Namespace, backbone: dict | None, device: torch.device) -> dict:
+    """Training time per step, dense / original, on one batch (interleaved rounds)."""
+    data = fine_tune_data(args, 0)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    images, masks = batch["image"].to(device), batch["mask"].to(device)
+    steps = {}
+    for name, os_ in (("original", None), ("dense", args.output_stride)):
+        task = like(start(args, 0, backbone), args, os_).to(device).train()
+        optimizer = torch.optim.AdamW(task.parameters(), lr=args.lr)
+
+        def step(task: Any = task, optimizer: Any = optimizer) -> None:
+            optimizer.zero_grad()
+            task.compute_loss(task(images), {"mask": masks}).backward()
+            optimizer.step()
+
+        steps[name] = step
+    times = C.interleaved(steps, device, repeats=args.ratio_repeats, clock=args.clock)
+    ratio = times["dense"]["median"] / times["original"]["median"]
+    return {"ratio": ratio, "seconds_per_step": {k: v["median"] for k, v in times.items()}}
+
+
+@torch.no_grad()
+def score(task: Any, loader: Any, device: torch.device) -> torch.Tensor:
+    """Per-image confusions of the task's own predictions (``predict_step``) on ``loader``."""
+    task.to(device).eval()
+    out = []
+    for i, batch in enumerate(loader):
+        pred = task.predict_step({**batch, "image": batch["image"].to(device)}, i)
+        out.append(confusions(pred.cpu(), batch["mask"], NUM_CLASSES, task.hparams.ignore_index))
+    return torch.cat(out)
+
+
+def test_cost(tasks: dict[str, Any], images: torch.Tensor, args: argparse.Namespace) -> dict:
+    """MACs and time per image of each task's prediction."""
+    calls = {k: (lambda t=t: t(images)) for k, t in tasks.items()}
+    with torch.no_grad():
+        macs = {k: C.macs(call) / len(images) for k, call in calls.items()}
+        times = C.interleaved(calls, images.device, repeats=args.cost_repeats, clock=args.clock)
+    return {k: {"macs": macs[k], "seconds": times[k]["median"] / len(images)} for k in calls}
+
+
+def run_seed(
+    args: argparse.Namespace,
+    seed: int,
+    backbone_path: str | None,
+    a_long: int,
+    geometry: CellGeometry,
+) -> dict:
+    """Train a, a_long and b for one seed; derive a_dense and c; score all on the test set."""
+    _quiet()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    backbone = torch.load(backbone_path) if backbone_path else None
+    init = start(args, seed, backbone)
+    data = fine_tune_data(args, seed)
+    tasks, training = {}, {}
+    for arm, os_, steps in (("a", None, args.steps), ("a_long", None, a_long),
+                            ("b", args.output_stride, args.steps)):  # fmt: skip
+        tasks[arm] = like(init, args, os_)
+        training[arm] = fit(tasks[arm], data, steps, seed, args)
+    tasks["a_dense"] = like(tasks["a"], args, args.output_stride)
+    tasks["c"] = new_task(args, None)
+    tasks["c"].model.load_state_dict(to_original(tasks["b"].model).state_dict(), strict=True)
+    data.setup("test")
+    loader = data.test_dataloader()
+    conf = {arm: score(tasks[arm], loader, device) for arm in ARMS}
+    masks = torch.cat([batch["mask"] for batch in loader])
+    images = next(iter(loader))["image"][: args.cost_batch].to(device)
+    with torch.no_grad():
+        cells = tuple(tasks["a"].model(images[:1]).shape[-2:])
+        check = verify_equivalence(tasks["c"].model, tasks["b"].model, images, check_phases=False)
+    oracles, rule = oracle_confusions(masks, NUM_CLASSES, 255, geometry, cells)
+    conf.update(oracles)
+    return {
+        "seed": seed,
+        "training": training,
+        "scores": {arm: scores(c) for arm, c in conf.items()},
+        "confusions": {arm: c.round().long().tolist() for arm, c in conf.items()},
+        "cost": test_cost({"a": tasks["a"], "b": tasks["b"]}, images, args),
+        "geometry": {"stride": list(geometry.stride), "offset": list(geometry.offset)},
+        "cells": list(cells),
+        "ceiling_rule": rule,
+        "export_max_rel_error": check.max_rel_error,
+    }
+
+
+def summarise(runs: list[dict], replicates: int) -> dict[str, Any]:
+    """Per arm: metric per seed and mean; per comparison: bootstrap intervals and verdict."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    conf = {
+        arm: [torch.tensor(r["confusions"][arm], dtype=torch.float64) for r in runs]
+        for arm in runs[0]["confusions"]
+    }
+    arms = {
+        arm: {
+            metric: {
+                "per_seed": [r["scores"][arm][metric] for r in runs],
+                "mean": statistics.mean(r["scores"][arm][metric] for r in runs),
+            }
+            for metric in ("miou", "pixel_acc")
+        }
+        for arm in conf
+    }
+    comparisons = {}
+    for first, second in COMPARISONS:
+        result = paired_bootstrap(conf[first], conf[second], replicates)
+        result["verdict"] = decide(result)
+        result["seeds_won"] = sum(d > 0 for d in result["miou"]["per_seed"])
+        comparisons[f"{first}-{second}"] = result
+    return {"seeds": [r["seed"] for r in runs], "arms": arms, "comparisons": comparisons}
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--task", choices=sorted(SPECS), default="segmentation")
     p.add_argument("--seeds", nargs="+", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--output-stride", type=int, default=None)
-    p.add_argument("--cost-batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps of a and b")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="0: start from scratch")
+    p.add_argument("--backbone", default=None)
     p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-test", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None, help="seeds run in parallel processes")
+    p.add_argument("--output-stride", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--cost-batch", type=int, default=8)
     args = p.parse_args(argv)
+    profile = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
+    for key, value in PROFILES[profile].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.profile = profile
+    args.warmup = min(20, args.steps // 10)
+    args.ratio_repeats = args.repeats or (1 if args.quick else 6)
+    if args.quick:
+        args.bootstrap = min(args.bootstrap, 200)
+    return args
+
+
+def _payload(args: argparse.Namespace, record: dict, extra: dict, runs: list[dict]) -> dict:
+    settings = {key: getattr(args, key) for key in (
+        "profile", "backbone", "image_size", "batch_size", "steps", "pretrain_steps", "seeds",
+        "num_test", "output_stride", "lr", "warmup", "bootstrap", "jobs", "threads")}  # fmt: skip
+    record = {**record, "load_average_now": list(os.getloadavg())}
+    payload = {"benchmark": "accuracy", "machine": record, "settings": settings, **extra,
+               "complete": len(runs) == len(args.seeds), "runs": runs}  # fmt: skip
+    if runs:
+        payload["summary"] = summarise(runs, args.bootstrap)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _arguments(argv)
     _quiet()
     device = C.prepare(args)
-    spec = SPECS[args.task]
-    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.steps = args.steps or (2 if args.quick else 300)
-    args.repeats = args.repeats or (1 if args.quick else 5)
     record = C.machine(device, args)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    runs = [run_seed(spec, args, seed) for seed in args.seeds]
-    record["wall_seconds"] = time.perf_counter() - start
-    record["cpu_seconds"] = time.process_time() - cpu_start
-    settings = {
-        "task": args.task, "metric": spec.metric, "steps": args.steps, "seeds": args.seeds,
-        "output_stride": args.output_stride or spec.output_stride,
-        "task_kwargs": {**spec.task_kwargs, **(QUICK if args.quick else {})},
-        "data_kwargs": data_kwargs(spec, args),
-    }  # fmt: skip
-    payload = {
-        "benchmark": "accuracy", "machine": record, "settings": settings, "runs": runs,
-        "summary": summarise(runs, spec.metric),
-    }  # fmt: skip
-    C.write(args.out, f"accuracy_{args.task}", payload, markdown(payload))
-    plot(payload, args.out / f"accuracy_{args.task}.png")
+    wall, cpu = time.perf_counter(), time.process_time()
+    backbone, pretraining = pretrain(args) if args.pretrain_steps else (None, {})
+    ratio = time_ratio(args, backbone, device)
+    a_long = max(args.steps, round(args.steps * ratio["ratio"]))
+    # Where the original network's cells sit: a property of the architecture, traced once.
+    geometry = cell_geometry(new_task(args, None).model)
+    extra = {"pretraining": pretraining, "time_ratio": ratio, "a_long_steps": a_long}
+    runs: list[dict] = []
+
+    def save() -> dict:
+        record.update(wall_seconds=time.perf_counter() - wall,
+                      main_cpu_seconds=time.process_time() - cpu)  # fmt: skip
+        payload = _payload(args, record, extra, runs)
+        C.write(args.out, "accuracy_segmentation", payload, markdown(payload))
+        return payload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = None
+        if backbone is not None:
+            path = str(Path(tmp) / "backbone.pt")
+            torch.save(backbone, path)
+        if args.jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+                pending = [
+                    pool.submit(run_seed, args, s, path, a_long, geometry) for s in args.seeds
+                ]
+                for done in futures.as_completed(pending):
+                    runs.append(done.result())
+                    save()
+        else:
+            for seed in args.seeds:
+                runs.append(run_seed(args, seed, path, a_long, geometry))
+                save()
+    payload = save()
+    plot(payload, args.out / "accuracy_segmentation.png")
     return payload
 
 
