@@ -1,4 +1,4 @@
-"""Benchmarks for issue 5: speed (dense vs shift-and-stitch, dilation, export), accuracy, overhead.
+"""Benchmarks: timm coverage, speed (dense, shift-and-stitch, dilation, export), accuracy, overhead.
 
 Run each with ``python -m benchmarks.<name> [--quick] [--out DIR]``; see ``benchmarks/README.md``.
 """

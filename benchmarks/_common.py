@@ -211,7 +211,14 @@ def write(out: Path, stem: str, payload: dict[str, Any], markdown: str) -> list[
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     texts = [json.dumps(payload, indent=1, default=str) + "\n", markdown.rstrip() + "\n"]
-    atomic_write_all(
-        {p: (lambda tmp, t=t: Path(tmp).write_text(t)) for p, t in zip(paths, texts, strict=True)}
-    )
+    atomic_write_all({p: _writer(t) for p, t in zip(paths, texts, strict=True)})
     return paths
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_all({path: _writer(text)})
+
+
+def _writer(text: str) -> Callable[[Path], Any]:
+    return lambda tmp: Path(tmp).write_text(text)

@@ -31,8 +31,10 @@ def _choices(row: dict[str, Any]) -> str:
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    """The three tables, the machine and a verdict per target."""
-    rows, machine = payload["rows"], payload["machine"]
+    """The four tables, the machines and a verdict per target."""
+    machine = payload["machine"]
+    rows = [r for r in payload["rows"] if "refused" not in r]
+    refused = [r for r in payload["rows"] if "refused" in r]
     t1, t2, t3 = [], [], []
     for row in rows:
         d, check = row["derived"], row["stitch_check"]
@@ -40,8 +42,7 @@ def markdown(payload: dict[str, Any]) -> str:
         mem = row["peak_memory_bytes"]
         t1.append([
             name, os_, row["k"],
-            f"{check['interior_cells']}/{check['cells']} @ {check['verify_size']}px",
-            f"{check['interior_max_rel_error']:.1e}",
+            *_check(check),
             f"{d['stitch_over_dense_macs']:.2f}", f"{d['stitch_over_dense_time']:.2f}",
             f"{d['stitch_efficiency']:.2f}", _ok(d["stitch_efficiency"] >= STITCH_TARGET),
         ])  # fmt: skip
@@ -66,7 +67,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"# Speed benchmarks ({machine['device']})",
         "",
-        machine_line(machine),
+        *(machine_line(run) for run in payload.get("runs", [machine])),
         f"Input {machine['batch']}x3x{machine['size']}x{machine['size']}, median of "
         f"{machine['repeats']} interleaved rounds; MACs from torch.utils.flop_counter.",
         "",
@@ -119,13 +120,63 @@ def markdown(payload: dict[str, Any]) -> str:
         f"range {min(ratios):.3f}-{max(ratios):.3f}.",
         "",
         table(["model", "OS", "exported / original", "spread", "original ms"], t3),
+        "",
+        *_regions(rows),
     ]
+    if refused:
+        lines += [
+            "## Not converted",
+            "",
+            "These raise `NotEquivalentError` with this core; the first finding:",
+            "",
+            *(f"- {r['model']} at OS {r['output_stride']}: {r['refused']}" for r in refused),
+        ]
     return "\n".join(lines)
+
+
+def _check(check: dict[str, Any]) -> list[str]:
+    """Interior cells and error of the stitch check, or the lattice check where it applies."""
+    if "note" in check:
+        return [f"lattice only ({check['note']})", f"{check['lattice_max_rel_error']:.1e}"]
+    return [
+        f"{check['interior_cells']}/{check['cells']} @ {check['verify_size']}px",
+        f"{check['interior_max_rel_error']:.1e}",
+    ]
+
+
+def _regions(rows: list[dict[str, Any]]) -> list[str]:
+    """Section 4: what running position-mixing modules per phase costs."""
+    body = [
+        [
+            r["model"], r["output_stride"], len(r["regions"]),
+            f"{r['derived']['dense_dilated_over_original_time']:.2f}",
+            f"{r['times']['dense_no_regions']['median'] / r['times']['original']['median']:.2f}",
+            f"{(r['derived']['regions_over_no_regions_time'] - 1) * 100:+.1f}%",
+        ]
+        for r in rows
+        if r.get("regions")
+    ]  # fmt: skip
+    if not body:
+        return []
+    return [
+        "## 4. Phase regions: the cost of running position-mixing modules per phase",
+        "",
+        "Squeeze-excitation and other modules that mix positions run in phase layout to stay "
+        "exact (one space-to-batch on entry, one batch-to-space on exit). Time ratios are "
+        "dense (dilated path) / original, with the regions and without them (the same "
+        "modules on the whole dense map: not equivalent); the last column is what the "
+        "reshuffles add.",
+        "",
+        table(
+            ["model", "OS", "regions", "with regions", "without regions", "reshuffle cost"], body
+        ),
+        "",
+    ]
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
     """Three panels: stitch speed-up vs MAC ratio, dense cost vs MAC ratio, export ratio."""
-    rows = payload["rows"]
+    rows = [r for r in payload["rows"] if "refused" not in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     names = sorted({r["model"] for r in rows})
     style = {n: (m, f"C{i}") for i, (n, m) in enumerate(zip(names, "osD^vP*", strict=False))}

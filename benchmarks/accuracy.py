@@ -60,6 +60,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": dict(backbone="test_resnet", image_size=64, batch_size=4, steps=2,
                   pretrain_steps=2, seeds=[0, 1], num_test=4, jobs=1, cost_repeats=1),
 }  # fmt: skip
+STEMS = {"cpu": "accuracy_segmentation", "cuda": "accuracy_segmentation_gpu",
+         "quick": "accuracy_segmentation"}  # fmt: skip
 NUM_CLASSES = 4  # background + 3 shapes; the pretraining task uses 3 other shapes
 PRETRAIN_SEED = 1000
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         record.update(wall_seconds=time.perf_counter() - wall,
                       main_cpu_seconds=time.process_time() - cpu)  # fmt: skip
         payload = _payload(args, record, extra, runs)
-        C.write(args.out, "accuracy_segmentation", payload, markdown(payload))
+        C.write(args.out, STEMS[args.profile], payload, markdown(payload))
         return payload
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs.append(run_seed(args, seed, path, a_long, geometry))
                 save()
     payload = save()
-    plot(payload, args.out / "accuracy_segmentation.png")
+    plot(payload, args.out / f"{STEMS[args.profile]}.png")
     return payload
 
 

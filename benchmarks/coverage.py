@@ -244,6 +244,17 @@ def _stride(model: nn.Module, method: str, in_chans: int, size: int) -> tuple[in
     return round(size / min(s[-1] for s in spatial)), shapes
 
 
+def _other_size(model: nn.Module, method: str, in_chans: int, sizes: tuple[int, ...]) -> int:
+    """The first of ``sizes`` the original model runs at (some need a multiple of a stride)."""
+    for size in sizes[:-1]:
+        try:
+            _stride(model, method, in_chans, size)
+        except Exception:
+            continue
+        return size
+    return sizes[-1]
+
+
 def sweep_one(entry: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Build one model and convert it at every output stride."""
     row = dict(entry)
@@ -264,7 +275,8 @@ def sweep_one(entry: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 stride, shapes = _stride(model, method, in_chans, probe)
             except Exception as exc:
                 return {**row, "skipped": f"original {method} fails: {_first_line(exc)}"}
-            row.update(stride=stride, output_shapes=shapes, results={})
+            other = _other_size(model, method, in_chans, (other, probe + stride, probe))
+            row.update(stride=stride, output_shapes=shapes, results={}, verify_size=other)
             for os_ in args.strides:
                 if stride <= os_:
                     row["results"][str(os_)] = {

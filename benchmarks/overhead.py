@@ -1,4 +1,4 @@
-"""Benchmark 5: training overhead of the Lightning task over a plain PyTorch loop.
+"""Training overhead of the Lightning task over a plain PyTorch loop.
 
 Both train the same network (the task's ``model``, dense) from the same initial weights on the
 same pre-rendered batches, with the same optimiser (AdamW, same learning rate and weight decay)

@@ -1,4 +1,4 @@
-"""Benchmarks 1-3 of issue 5, side by side in one run.
+"""Speed: dense vs shift-and-stitch, the cost of dilation, inverse transfer, phase regions.
 
 1. Dense evaluation vs shift-and-stitch: same predictions in the interior, and the time ratio
    stitch / dense next to the MAC ratio (target: speed-up >= 80% of the MAC ratio).
@@ -6,8 +6,15 @@
    the dilated, phase (space-to-batch) and auto execution paths (target: <= 1.15), with peak
    memory.
 3. Inverse transfer keeps the speed: exported model time / original timm model time.
+4. Phase regions (squeeze-excitation and other position-mixing modules run per phase to stay
+   exact): the dense model's time against the same dense model without its regions (those
+   modules then mix the phases: fast but not equivalent), i.e. the cost of the reshuffles.
 
-    python -m benchmarks.speed [--quick] [--out DIR] [--device cuda] [--batch N] [--size S]
+``--models`` measures only the named models and merges their rows into an existing result
+file of the same settings. A model that cannot be made exactly equivalent is recorded as
+refused, with the reason.
+
+    python -m benchmarks.speed [--quick] [--out DIR] [--device cuda] [--models ...] [--tag T]
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -24,11 +33,21 @@ from torch import nn
 
 from benchmarks import _common as C
 from benchmarks._speed_report import markdown, plot
-from dense_lightning.equivalent import to_dense, to_original
-from dense_lightning.equivalent.phase import execution_choices, set_execution
+from dense_lightning.equivalent import (
+    NotEquivalentError,
+    execution_choices,
+    get_dense_info,
+    set_execution,
+    to_dense,
+    to_original,
+)
+from dense_lightning.equivalent.phase import remove_regions
 from dense_lightning.equivalent.shift_stitch import shift_and_stitch, stitch_interior
 
-MODELS = ("resnet18", "resnet50", "convnext_atto", "vgg11")
+MODELS = (
+    "resnet18", "resnet50", "convnext_atto", "vgg11", "efficientnet_b0", "regnety_002",
+    "seresnet50",
+)  # fmt: skip
 STRIDES = (16, 8, 4)
 
 
@@ -74,11 +93,33 @@ def check_stitch(
     }
 
 
+def check_lattice(original: nn.Module, dense: nn.Module, k: int, x: torch.Tensor) -> dict:
+    """Dense output on the lattice vs the original, for nets whose phases see their own views.
+
+    With per-view statistics (a global mean inside a phase region) the phases other than 0 are
+    the original on each phase's sub-image, not on shifted inputs, so shift-and-stitch is a
+    different computation there; only the lattice is compared.
+    """
+    with torch.no_grad():
+        ref, got = original.forward_features(x), dense.forward_features(x)[..., ::k, ::k]
+    return {
+        "verify_size": x.shape[-1],
+        "interior_cells": 0,
+        "cells": ref[0, 0].numel(),
+        "lattice_max_rel_error": ((got - ref).abs().max() / ref.abs().max()).item(),
+        "note": "per-view statistics: shift-and-stitch differs off the lattice by design",
+    }
+
+
 def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any) -> dict:
-    """All numbers for one model at one output stride."""
+    """All numbers for one model at one output stride (or why it cannot be converted)."""
     original = build(name, device)
-    dense = to_dense(original, output_stride, method="forward_features")
-    stride, k = dense.dense_info.original_stride, dense.dense_info.factor
+    try:
+        dense = to_dense(original, output_stride, method="forward_features")
+    except NotEquivalentError as exc:
+        return {"model": name, "output_stride": output_stride, "refused": str(exc.findings[0])}
+    info = get_dense_info(dense)
+    stride, k = info.original_stride, info.factor
     exported = to_original(dense)
     reference = build(name, device)  # a fresh timm model: the export must load into it
     reference.load_state_dict(exported.state_dict(), strict=True)
@@ -94,6 +135,12 @@ def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any
             original, x, k, output_stride, method="forward_features"
         ),
     }
+    if info.regions:
+        # The same dilated model with its position-mixing modules on the whole dense map:
+        # not equivalent, but what the regions' reshuffles cost is the difference.
+        unsplit = copy.deepcopy(paths["dilated"])
+        remove_regions(unsplit, required=True)
+        run["dense_no_regions"] = lambda: unsplit.forward_features(x)
     with torch.no_grad():
         ref = run["dense_dilated"]()
         path_error = {
@@ -106,13 +153,19 @@ def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any
             for key in ("original", "dense_dilated", "dense_phase", "stitch")
         }
         times = C.interleaved(run, device, repeats=args.repeats, clock=args.clock)
-    cells = field_cells(original, device)
-    verify_size = 32 * math.ceil(((cells + 2) * stride + k * output_stride) / 32)
-    verification = check_stitch(original, paths["dilated"], k, output_stride, verify_size, device)
+    if info.per_view_statistics:
+        verification = check_lattice(original, paths["dilated"], k, x)
+    else:
+        cells = field_cells(original, device)
+        verify_size = 32 * math.ceil(((cells + 2) * stride + k * output_stride) / 32)
+        verification = check_stitch(
+            original, paths["dilated"], k, output_stride, verify_size, device
+        )
     return {
         "model": name,
         "output_stride": output_stride,
         "k": k,
+        "regions": [r.module for r in info.regions],
         "macs": counted,
         "peak_memory_bytes": memory,
         "times": {key: {k2: v for k2, v in t.items() if k2 != "times"} for key, t in times.items()},
@@ -124,7 +177,7 @@ def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any
 
 
 def derive(row: dict[str, Any]) -> dict[str, Any]:
-    """The ratios the issue asks for, from one measured row."""
+    """The ratios of one measured row: stitch efficiency, dilation overhead, export, regions."""
     t = {key: v["median"] for key, v in row["times"].items()}
     m = row["macs"]
     best = min(("dense_dilated", "dense_phase", "dense_auto"), key=t.__getitem__)
@@ -145,9 +198,36 @@ def derive(row: dict[str, Any]) -> dict[str, Any]:
             for key in ("dense_dilated", "dense_phase", "dense_auto")
         },
         "fastest_dense_path": best.removeprefix("dense_"),
+        **(
+            {"regions_over_no_regions_time": t["dense_dilated"] / t["dense_no_regions"]}
+            if "dense_no_regions" in t
+            else {}
+        ),
         "exported_over_original_time": t["exported"] / t["original"],
         "exported_spread": max(row["times"][k]["spread"] for k in ("exported", "original")),
     }
+
+
+def merge(path: Path, rows: list[dict], record: dict) -> tuple[list[dict], list[dict]]:
+    """Rows of an earlier run at ``path`` (same settings) with ``rows`` replacing their own.
+
+    Returns:
+        The merged rows (earlier order, new models appended) and the machine records of every
+        run that contributed.
+    """
+    if not path.exists():
+        return rows, [record]
+    old = json.loads(path.read_text())
+    keys = ("device", "batch", "size", "torch_threads", "clock")
+    if any(old["machine"].get(k) != record.get(k) for k in keys):
+        raise ValueError(
+            f"{path} was measured with other settings "
+            f"({ {k: old['machine'].get(k) for k in keys} }); use --tag or --out for this run"
+        )
+    new = {(r["model"], r["output_stride"]): r for r in rows}
+    kept = [r for r in old["rows"] if (r["model"], r["output_stride"]) not in new]
+    runs = old.get("runs", [old["machine"]])
+    return kept + rows, [*runs, record]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -157,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--size", type=int, default=None, help="timing input side (default 224)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument(
+        "--merge", action="store_true", help="merge into the existing results of the same stem"
+    )
     args = p.parse_args(argv)
     device = C.prepare(args)
     args.models = args.models or (["test_resnet"] if args.quick else list(MODELS))
@@ -169,11 +252,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.models:
         for output_stride in args.strides:
             row = measure(name, output_stride, args, device)
-            row["derived"] = derive(row)
+            if "refused" not in row:
+                row["derived"] = derive(row)
             rows.append(row)
-            print(f"{name} os={output_stride}: {row['derived']}", flush=True)
+            print(
+                f"{name} os={output_stride}: {row.get('derived', row.get('refused'))}", flush=True
+            )
     stem = ("speed" if device.type == "cpu" else "gpu_speed") + (f"_{args.tag}" if args.tag else "")
-    payload = {"benchmark": "speed", "machine": record, "rows": rows}
+    runs = [record]
+    if args.merge:
+        rows, runs = merge(args.out / f"{stem}.json", rows, record)
+    payload = {"benchmark": "speed", "machine": runs[0], "runs": runs, "rows": rows}
     C.write(args.out, stem, payload, markdown(payload))
     plot(payload, args.out / f"{stem}.png")
     return payload

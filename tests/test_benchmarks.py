@@ -1,6 +1,7 @@
 """Every benchmark's --quick mode runs and writes the documented JSON (no timing asserts)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 # `python -m pytest` finds it through the working directory, a bare `pytest` through this.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import accuracy, overhead, speed
+from benchmarks import accuracy, coverage, overhead, readme, speed
 
 
 def _load(path):
@@ -85,6 +86,35 @@ def test_overhead_quick(tmp_path):
         assert all(v > 0 for v in row["steps_per_s"].values())
 
 
-@pytest.mark.parametrize("module", [speed, accuracy, overhead])
+@pytest.mark.parametrize("module", [speed, accuracy, overhead, coverage, readme])
 def test_docstring_names_the_command(module):
     assert f"python -m benchmarks.{module.__name__.split('.')[-1]}" in module.__doc__
+
+
+def test_speed_merge_replaces_rows_of_the_same_model_and_stride(tmp_path):
+    record = {"device": "cpu", "batch": 1, "size": 224, "torch_threads": 1, "clock": "cpu"}
+    old = [{"model": "m", "output_stride": 8, "v": 1}, {"model": "n", "output_stride": 8, "v": 2}]
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"machine": record, "rows": old}))
+    rows, runs = speed.merge(path, [{"model": "m", "output_stride": 8, "v": 3}], record)
+    assert rows == [old[1], {"model": "m", "output_stride": 8, "v": 3}]
+    assert runs == [record, record]
+    with pytest.raises(ValueError, match="other settings"):
+        speed.merge(path, [], {**record, "size": 64})
+
+
+def test_readme_results_section_is_generated_from_the_results():
+    # Fails when a result file changed and `python -m benchmarks.readme` was not run.
+    assert readme.main(["--check"]) == 0
+
+
+def test_readme_section_renders_and_replaces_only_its_part(tmp_path):
+    coverage.main(["--quick", "--out", str(tmp_path)])
+    section = readme.render(tmp_path)
+    assert re.search(
+        r"one model per timm module, output stride 8: \*\*\d of 3\*\* runnable", section
+    )
+    text = f"intro\n{readme.START}\nold\n{readme.END}\noutro\n"
+    assert readme.update(text, section) == f"intro\n{section}\noutro\n"
+    with pytest.raises(ValueError, match="needs one"):
+        readme.update("no markers", section)

@@ -1,0 +1,169 @@
+"""Regenerate the results section of ``benchmarks/README.md`` from ``benchmarks/results/*.json``.
+
+The README holds no number typed by hand: between its two result markers it carries what this
+script derives from the JSON files the benchmarks wrote (headline numbers, verdicts, the
+machine, links to the full generated tables). ``--check`` exits with status 1 when the README
+is out of date, which the tests use.
+
+    python -m benchmarks.readme [--check] [--readme PATH] [--results DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, atomic_text
+from benchmarks._coverage_report import counts
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(results: Path, stem: str) -> dict[str, Any] | None:
+    path = results / f"{stem}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _when(payload: dict[str, Any]) -> str:
+    m = payload["machine"]
+    hw = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores"
+    return f"{m['date'][:10]}, {hw}, torch {m['torch']}"
+
+
+def coverage_section(payload: dict[str, Any], link: str) -> list[str]:
+    """Headline counts of the coverage sweep, per family and over every model swept."""
+    rows = [r for r in payload["rows"] if "results" in r]
+    firsts = [r for r in rows if r.get("rank", 0) == 0]
+    lines = [f"**Coverage** ([{link}.md](results/{link}.md); {_when(payload)}"
+             + ("" if payload.get("complete") else "; **incomplete run**") + "):", ""]  # fmt: skip
+    for label, subset in (("one model per timm module", firsts), ("every model swept", rows)):
+        for os_ in ("8", "16"):
+            c = counts(subset, os_)
+            runnable = sum(v for k, v in c.items() if k != "n/a")
+            lines.append(
+                f"- {label}, output stride {os_}: **{c['exact']} of {runnable}** runnable exact, "
+                f"{c['refused']} refused, {c['crashed']} crashed, {c['wrong']} wrong"
+            )
+    return [*lines, ""]
+
+
+def speed_section(payload: dict[str, Any], link: str, title: str) -> list[str]:
+    """Targets met by the speed benchmark."""
+    rows = [r for r in payload["rows"] if "refused" not in r]
+    refused = sorted({r["model"] for r in payload["rows"] if "refused" in r})
+    eff = [r["derived"]["stitch_efficiency"] for r in rows]
+    over = [r["derived"]["dense_auto_overhead"] for r in rows]
+    exp = [r["derived"]["exported_over_original_time"] for r in rows]
+    shuffle = [r["derived"]["regions_over_no_regions_time"] - 1 for r in rows if r.get("regions")]
+    lines = [
+        f"**{title}** ([{link}.md](results/{link}.md); {_when(payload)}):",
+        "",
+        f"- dense vs shift-and-stitch, efficiency >= 0.8 of the MAC ratio: met "
+        f"{sum(e >= 0.8 for e in eff)}/{len(eff)} (range {min(eff):.2f}-{max(eff):.2f})",
+        f"- dense time <= 1.15 x original time x MAC ratio: met "
+        f"{sum(o <= 1.15 for o in over)}/{len(over)} (range {min(over):.2f}-{max(over):.2f})",
+        f"- exported / original time: mean {sum(exp) / len(exp):.3f} "
+        f"(range {min(exp):.3f}-{max(exp):.3f})",
+    ]
+    if shuffle:
+        lines.append(
+            f"- phase regions (SE and other position-mixing modules run per phase): the "
+            f"reshuffles add {100 * min(shuffle):+.0f}% to {100 * max(shuffle):+.0f}% to the "
+            "dense time"
+        )
+    if refused:
+        lines.append(f"- not convertible exactly with this core: {', '.join(refused)}")
+    return [*lines, ""]
+
+
+def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:
+    """Arms' mIoU and the verdict of every claim."""
+    from benchmarks._accuracy_report import CLAIMS, LABELS
+
+    s = payload["settings"]
+    lines = [
+        f"**Accuracy** ([{link}.md](results/{link}.md); {_when(payload)}; {s['backbone']}, "
+        f"{s['image_size']} px, {len(payload['runs'])} of {len(s['seeds'])} seeds"
+        + ("" if payload.get("complete") else ", **incomplete run**") + "):",
+        "",
+    ]  # fmt: skip
+    if "summary" not in payload:
+        return [*lines, "- no seed finished", ""]
+    arms = payload["summary"]["arms"]
+    names = {a: LABELS[a].split(" ")[0].rstrip(":") for a in LABELS}
+    lines.append(
+        "- mIoU: " + ", ".join(f"{names[a]} {arms[a]['miou']['mean']:.3f}" for a in LABELS)
+    )
+    for key, claim in CLAIMS.items():
+        c = payload["summary"]["comparisons"][key]
+        lo, hi = c["miou"]["ci_images"]
+        lines.append(
+            f"- {claim}: {c['verdict']} (Δ mIoU {c['miou']['diff']:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}]; Δ pixel acc {c['pixel_acc']['diff']:+.3f})"
+        )
+    return [*lines, ""]
+
+
+def overhead_section(payload: dict[str, Any], link: str) -> list[str]:
+    """Lightning overhead per configuration."""
+    lines = [f"**Training overhead** ([{link}.md](results/{link}.md); {_when(payload)}):", ""]
+    for name, r in payload["rows"].items():
+        lines.append(
+            f"- {name}: {100 * r['overhead']:+.1f}% "
+            f"({100 * r['overhead_no_train_metrics']:+.1f}% without per-step training metrics)"
+        )
+    return [*lines, ""]
+
+
+def render(results: Path) -> str:
+    """The generated section, markers included."""
+    parts: list[str] = [START, "", "_Generated by `python -m benchmarks.readme`; do not edit._", ""]
+    sources = (
+        ("coverage", coverage_section, ()),
+        ("speed", speed_section, ("Speed, CPU",)),
+        ("gpu_speed_b16", speed_section, ("Speed, GPU, batch 16",)),
+        ("gpu_speed_b1", speed_section, ("Speed, GPU, batch 1",)),
+        ("accuracy_segmentation", accuracy_section, ()),
+        ("accuracy_segmentation_gpu", accuracy_section, ()),
+        ("overhead", overhead_section, ()),
+    )
+    for stem, section, extra in sources:
+        payload = _load(results, stem)
+        if payload is not None:
+            parts += section(payload, stem, *extra)
+    return "\n".join([*parts, END])
+
+
+def update(text: str, section: str) -> str:
+    """``text`` with the part between the markers replaced by ``section``."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"the README needs one {START} line followed by one {END} line")
+    head, rest = text.split(START)
+    _, tail = rest.split(END)
+    return head + section + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    text = args.readme.read_text()
+    new = update(text, render(args.results))
+    if args.check:
+        if new != text:
+            print(f"{args.readme} is out of date: run python -m benchmarks.readme")
+            return 1
+        return 0
+    if new != text:
+        atomic_text(args.readme, new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
