@@ -38,8 +38,8 @@ __all__ = [
 
 # Lengths tried for the traced axis: the receptive field must fit inside, with room to spare.
 _PROBE_LENGTHS = (256, 512, 1024, 2048)
-# Width of a probe across the traced axis: enough for one cell at any stride up to 64.
-_ACROSS = 64
+# Width of a probe across the traced axis: enough for one cell at stride 32.
+_ACROSS = 32
 # Added to a probe length to read the stride off the change in output length; a multiple of
 # every power-of-two stride up to 64.
 _STRIDE_DELTA = 64
@@ -245,95 +245,98 @@ def _in_chans(model: nn.Module) -> int:
 
 
 class _AxisProbe:
-    """Runs NaN probes along one axis of a fixed-size input and reads the cells they reach."""
+    """NaN probes along one axis of a ``length``-pixel input, memoised by pixel offset ``t``."""
 
     def __init__(self, model: nn.Module, method: str, axis: int, length: int, like: Tensor) -> None:
-        self.model, self.method, self.axis, self.length = model, method, axis, length
+        self.model, self.method, self.axis = model, method, axis
         self.centre = length // 2
         shape = (length, _ACROSS) if axis == 0 else (_ACROSS, length)
         self.zeros = like.new_zeros(1, like.shape[1], *shape)
-        self._cache: dict[int, list[tuple[int, int, int]]] = {}
+        self._reach: dict[int, list[tuple[int, int]]] = {}
+        self.lengths: list[int] = []
 
-    def lengths(self, extra: int = 0) -> list[int]:
-        """Output lengths along the axis for an input ``extra`` pixels longer."""
-        pad = (0, 0, 0, extra) if self.axis == 0 else (0, extra)
+    def strides(self) -> list[int]:
+        """Each output's stride along the axis, from its growth when the input grows."""
+        pad = (0, 0, 0, _STRIDE_DELTA) if self.axis == 0 else (0, _STRIDE_DELTA)
         with torch.no_grad():
-            outs = _outputs(self.model, self.method, F.pad(self.zeros, pad))
-        return [o.shape[2 + self.axis] for o in outs]
+            longer = _outputs(self.model, self.method, F.pad(self.zeros, pad))
+        self.reach(0)  # sets self.lengths
+        strides = []
+        for n, out in zip(self.lengths, longer, strict=True):
+            m = out.shape[2 + self.axis]
+            if m <= n or _STRIDE_DELTA % (m - n):
+                raise ValueError(
+                    f"Cannot read the stride of {type(self.model).__name__}: its output length "
+                    f"went from {n} to {m} when the input grew by {_STRIDE_DELTA} pixels."
+                )
+            strides.append(_STRIDE_DELTA // (m - n))
+        return strides
 
-    def reach(self, t: int) -> list[tuple[int, int, int]]:
-        """Per output ``(first, last, length)``: the cells reached by a NaN at ``centre + t``."""
-        if t not in self._cache:
+    def reach(self, t: int) -> list[tuple[int, int]]:
+        """Per output, the first and last cell (-1 for none) a NaN at ``centre + t`` reaches."""
+        if t not in self._reach:
             x = self.zeros.clone()
-            pixel = self.centre + t
             if self.axis == 0:
-                x[:, :, pixel, _ACROSS // 2] = float("nan")
+                x[:, :, self.centre + t, _ACROSS // 2] = float("nan")
             else:
-                x[:, :, _ACROSS // 2, pixel] = float("nan")
+                x[:, :, _ACROSS // 2, self.centre + t] = float("nan")
             with torch.no_grad(), _NanSafeGlobalPooling():
                 outs = _outputs(self.model, self.method, x)
-            other = 3 if self.axis == 0 else 2
+            self.lengths = [out.shape[2 + self.axis] for out in outs]
             found = []
             for out in outs:
-                hits = torch.isnan(out).any(dim=1).any(dim=other - 1)[0].nonzero().flatten()
-                first, last = (int(hits.min()), int(hits.max())) if hits.numel() else (-1, -1)
-                found.append((first, last, out.shape[2 + self.axis]))
-            self._cache[t] = found
-        return self._cache[t]
+                other = 3 if self.axis == 0 else 2
+                cells = torch.isnan(out[0]).any(dim=0).any(dim=other - 2).nonzero().flatten()
+                found.append((int(cells.min()), int(cells.max())) if cells.numel() else (-1, -1))
+            self._reach[t] = found
+        return self._reach[t]
 
-    def inside(self, t: int) -> bool:
-        """Whether every output's reached cells stay clear of the map's ends."""
-        return all(0 < first and last < n - 1 for first, last, n in self.reach(t))
+    def fits(self, t: int) -> bool:
+        """Whether the cells reached from ``centre + t`` stay clear of both ends of every map."""
+        return all(
+            0 < first and last < n - 1
+            for (first, last), n in zip(self.reach(t), self.lengths, strict=True)
+        )
 
+    def first_step(self, index: int, end: int, stride: int) -> int:
+        """Smallest ``t`` in ``[1, stride)`` where reached cell ``end`` (0 first, 1 last) grows.
 
-def _first_change(probe: _AxisProbe, index: int, part: int, stride: int) -> int:
-    """Smallest ``t`` in ``[1, stride)`` whose reached cell ``part`` differs from ``t = 0``'s.
+        Returns ``stride`` when it does not grow there. Reached cells grow by one every
+        ``stride`` pixels, so a binary search finds the step.
+        """
+        base = self.reach(0)[index][end]
+        lo, hi = 1, stride
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.reach(mid)[index][end] > base:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
-    Returns ``stride`` when none does. The reached cells only grow with ``t``, by one per
-    ``stride`` pixels, so a binary search finds the change.
-    """
-    base = probe.reach(0)[index][part]
-    lo, hi = 1, stride
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if probe.reach(mid)[index][part] > base:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    def offset(self, index: int, stride: int) -> float:
+        """Centre of cell 0's receptive field along the axis, for output ``index``.
 
-
-def _axis_offset(probe: _AxisProbe, index: int, stride: int) -> float:
-    """Centre of cell 0's receptive field along the probe's axis, for output ``index``.
-
-    Cell ``i`` reads pixels ``[lo + s*i, hi + s*i]``. The last cell a NaN at pixel ``p`` reaches
-    is ``floor((p - lo) / s)``; it steps up at the ``p`` where ``p - lo`` is a multiple of ``s``,
-    which gives ``lo`` exactly. Likewise the first reached cell ``ceil((p - hi) / s)`` steps up
-    one pixel after ``p - hi`` is a multiple of ``s``, which gives ``hi``.
-    """
-    centre = probe.centre
-    t = _first_change(probe, index, 1, stride) % stride
-    low = centre + t - stride * probe.reach(t)[index][1]
-    t = _first_change(probe, index, 0, stride) - 1
-    high = centre + t - stride * probe.reach(t)[index][0]
-    return (low + high) / 2
+        Cell ``i`` reads pixels ``[lo + s*i, hi + s*i]``, so a NaN at pixel ``p`` reaches cells
+        ``ceil((p - hi) / s)`` to ``floor((p - lo) / s)``. The last one steps up where ``p - lo``
+        is a multiple of ``s``, which gives ``lo``; the first one steps up one pixel after
+        ``p - hi`` is a multiple of ``s``, which gives ``hi``.
+        """
+        t = self.first_step(index, 1, stride) % stride
+        low = self.centre + t - stride * self.reach(t)[index][1]
+        t = self.first_step(index, 0, stride) - 1
+        high = self.centre + t - stride * self.reach(t)[index][0]
+        return (low + high) / 2
 
 
 def _trace_axis(model: nn.Module, method: str, axis: int, like: Tensor) -> list[tuple[int, float]]:
     """``(stride, offset)`` of every output along one axis."""
     for length in _PROBE_LENGTHS:
         probe = _AxisProbe(model, method, axis, length, like)
-        strides = []
-        for a, b in zip(probe.lengths(), probe.lengths(_STRIDE_DELTA), strict=True):
-            if b <= a or _STRIDE_DELTA % (b - a):
-                raise ValueError(
-                    f"Cannot read the stride of {type(model).__name__}: its output length went "
-                    f"from {a} to {b} when the input grew by {_STRIDE_DELTA} pixels."
-                )
-            strides.append(_STRIDE_DELTA // (b - a))
-        if not (probe.inside(0) and probe.inside(max(strides) - 1)):
-            continue  # the receptive field does not fit: try a longer probe
-        return [(s, _axis_offset(probe, i, s)) for i, s in enumerate(strides)]
+        strides = probe.strides()
+        if probe.fits(0) and probe.fits(max(strides) - 1):
+            return [(s, probe.offset(i, s)) for i, s in enumerate(strides)]
+        # The receptive field does not fit: try a longer probe.
     raise ValueError(
         f"Cannot locate the cells of {type(model).__name__}: a NaN in one pixel reaches the "
         f"ends of a {_PROBE_LENGTHS[-1]}-pixel probe (receptive field too large, or an op "
