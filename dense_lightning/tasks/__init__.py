@@ -3,10 +3,12 @@
 from dense_lightning.tasks.base import BaseTask
 from dense_lightning.tasks.detection import ObjectDetectionTask
 from dense_lightning.tasks.keypoints import KeypointEstimationTask
+from dense_lightning.tasks.protocol import ExportableTask
 from dense_lightning.tasks.segmentation import SemanticSegmentationTask
 
 __all__ = [
     "BaseTask",
+    "ExportableTask",
     "KeypointEstimationTask",
     "ObjectDetectionTask",
     "SemanticSegmentationTask",
