@@ -51,14 +51,17 @@ ARMS = ("a", "a_long", "a_dense", "b", "c")
 COMPARISONS = (("c", "a"), ("c", "a_long"), ("b", "a"), ("a_dense", "a"))
 PROFILES: dict[str, dict[str, Any]] = {
     # 2 CPU cores, about 30 minutes: resnet10t, 128 px, 4 seeds, two seeds at a time.
-    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=150,
-                pretrain_steps=400, seeds=[0, 1, 2, 3], num_test=128, jobs=2, cost_repeats=3),
+    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=120,
+                pretrain_steps=300, seeds=[0, 1, 2, 3], num_test=128, jobs=2, cost_repeats=3,
+                num_workers=0),
     # One GPU, about 10 minutes: resnet18, 256 px.
     "cuda": dict(backbone="resnet18", image_size=256, batch_size=16, steps=600,
-                 pretrain_steps=1500, seeds=[0, 1, 2, 3], num_test=256, jobs=1, cost_repeats=10),
+                 pretrain_steps=1500, seeds=[0, 1, 2, 3], num_test=256, jobs=1, cost_repeats=10,
+                 num_workers=6),
     # Seconds, for the tests.
     "quick": dict(backbone="test_resnet", image_size=64, batch_size=4, steps=2,
-                  pretrain_steps=2, seeds=[0, 1], num_test=4, jobs=1, cost_repeats=1),
+                  pretrain_steps=2, seeds=[0, 1], num_test=4, jobs=1, cost_repeats=1,
+                  num_workers=0),
 }  # fmt: skip
 STEMS = {"cpu": "accuracy_segmentation", "cuda": "accuracy_segmentation_gpu",
          "quick": "accuracy_segmentation"}  # fmt: skip
@@ -94,6 +97,7 @@ def fine_tune_data(args: argparse.Namespace, seed: int) -> SyntheticSegmentation
     return SyntheticSegmentationDataModule(
         num_classes=NUM_CLASSES, image_size=args.image_size, num_train=4096, num_val=4,
         num_test=args.num_test, batch_size=args.batch_size, seed=seed,
+        num_workers=args.num_workers,
     )  # fmt: skip
 
 
@@ -121,6 +125,7 @@ def pretrain(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict]:
     data = DisjointShapesDataModule(
         num_classes=NUM_CLASSES, image_size=args.image_size, num_train=4096, num_val=4,
         num_test=4, batch_size=args.batch_size, seed=PRETRAIN_SEED,
+        num_workers=args.num_workers,
     )  # fmt: skip
     record = (
         fit(task, data, args.pretrain_steps, PRETRAIN_SEED, args) if args.pretrain_steps else {}
@@ -260,6 +265,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-test", type=int, default=None)
     p.add_argument("--jobs", type=int, default=None, help="seeds run in parallel processes")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
     p.add_argument("--output-stride", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
@@ -280,7 +286,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def _payload(args: argparse.Namespace, record: dict, extra: dict, runs: list[dict]) -> dict:
     settings = {key: getattr(args, key) for key in (
         "profile", "backbone", "image_size", "batch_size", "steps", "pretrain_steps", "seeds",
-        "num_test", "output_stride", "lr", "warmup", "bootstrap", "jobs", "threads")}  # fmt: skip
+        "num_test", "output_stride", "lr", "warmup", "bootstrap", "jobs", "threads",
+        "num_workers")}  # fmt: skip
     record = {**record, "load_average_now": list(os.getloadavg())}
     payload = {"benchmark": "accuracy", "machine": record, "settings": settings, **extra,
                "complete": len(runs) == len(args.seeds), "runs": runs}  # fmt: skip
