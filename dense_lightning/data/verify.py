@@ -60,8 +60,8 @@ def missing_layout(root: Path, expected: dict[str, str], kind: str) -> None:
 
     Args:
         root: dataset root.
-        expected: paths relative to ``root`` (or absolute) mapped to what they are, e.g.
-            ``{"JPEGImages": "image folder (image_dir)"}``.
+        expected: paths relative to ``root`` mapped to what they are, e.g.
+            ``{"JPEGImages/": "image_dir"}``.
         kind: the layout, for the message (``"a VOC-style folder"``).
 
     Raises:
@@ -86,7 +86,9 @@ class FileProblems:
 
     Args:
         root: dataset root; paths are shown relative to it.
-        what: the dataset, for the message (``"VOC folder"``).
+        what: the dataset, for the message (``"VOC-style folder"``).
+        found: kind of problem -> the files that have it, each with a short detail.
+        checked: listed images looked at so far.
     """
 
     root: Path
@@ -116,8 +118,8 @@ class FileProblems:
         """The report: one line per kind of problem with its count and first few files."""
         head = (
             f"{self.what} {self.root}: {len(self)} bad file(s) found checking {len(self.checked)} "
-            "listed image(s); "
-            "fix or remove them (or skip this check with --data.init_args.verify false)"
+            "listed image(s); fix or remove them, or skip this check with verify=False "
+            "(--data.init_args.verify false)"
         )
         lines = [head]
         for kind, items in self.found.items():
