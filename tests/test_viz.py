@@ -1,3 +1,4 @@
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -14,21 +15,26 @@ from dense_lightning.data import (
     normalize,
 )
 from dense_lightning.equivalent import to_dense
+from dense_lightning.equivalent.cells import CellGeometry, trace_cell_geometry
 from dense_lightning.tasks import KeypointEstimationTask, ObjectDetectionTask
 from dense_lightning.viz import (
     VizContext,
+    class_colors,
     colorize_labels,
     draw_boxes,
     draw_prediction,
     draw_skeletons,
     heat_colormap,
     ordinal,
+    output_geometry,
     overlay_mask,
+    paint_cells,
     palette,
     render_dense_vs_original,
     render_predictions,
     slice_batch,
     tile,
+    title_height,
     titled,
     to_hwc,
     to_uint8_image,
@@ -84,18 +90,23 @@ def test_overlay_mask_leaves_background_and_ignored_pixels_alone():
     labels = torch.zeros(32, 32, dtype=torch.long)
     labels[4:10, 4:10] = 2
     labels[20:, 20:] = 255
+    color = class_colors(3, background=0)[2]
     out = overlay_mask(image, labels, alpha=1.0)
-    assert out[:, 5, 5].tolist() == palette(3)[2].tolist()
+    assert out[:, 5, 5].tolist() == color.tolist()
     assert torch.equal(out[:, 0, 0], image[:, 0, 0])
     assert torch.equal(out[:, 25, 25], image[:, 25, 25])
     assert torch.equal(image, _blank())  # input untouched
     assert torch.equal(overlay_mask(image, torch.zeros(32, 32)), image)
+    # Half transparent inside, the full class colour on the region's edge.
+    half = overlay_mask(image, labels, alpha=0.5)
+    assert half[:, 4, 6].tolist() == color.tolist()
+    assert half[:, 6, 6].tolist() == ((image[:, 6, 6].float() + color) / 2).round().tolist()
 
 
 def test_draw_boxes_colours_the_border_by_class():
     image = _blank()
     out = draw_boxes(image, torch.tensor([[4.0, 4.0, 20.0, 20.0]]), torch.tensor([0]))
-    assert out[:, 4, 12].tolist() == palette(2)[1].tolist()  # top edge, class 0's colour
+    assert out[:, 4, 12].tolist() == class_colors(1)[0].tolist()  # top edge, class 0's colour
     assert torch.equal(out[:, 30, 30], image[:, 30, 30])
     captioned = draw_boxes(
         image, torch.tensor([[2.0, 2.0, 30.0, 30.0]]), torch.tensor([1]), torch.tensor([0.9]),
@@ -120,7 +131,7 @@ def test_tile_titled_upscale_and_hwc():
     a, b = _blank(8), _blank(16)
     grid = tile([[a, b], [b]], gap=2)
     assert grid.shape == (3, 2 + 16 + 2 + 16 + 2, 2 + 8 + 2 + 16 + 2)
-    assert titled(a, "a long title that does not fit").shape == (3, 8 + 14, 8)
+    assert titled(a, "a long title that does not fit").shape == (3, 8 + title_height(), 8)
     assert upscale(a, 3).shape == (3, 24, 24)
     assert to_hwc(a).shape == (8, 8, 3)
     with pytest.raises(ValueError):
@@ -143,18 +154,22 @@ def test_render_predictions_for_each_task_format():
     seg = render_predictions(
         images, list(torch.randint(0, 3, (2, 32, 32))), {"mask": torch.zeros(2, 32, 32)}, ctx
     )
-    # Two rows of (target, prediction) panels, enlarged twice, with title strips.
-    assert seg.dtype == torch.uint8 and seg.shape == (3, 2 + 2 * (14 + 64 + 2), 2 + 64 + 2 + 64 + 2)
+    # Two rows of (target, prediction) panels, enlarged twice, with title strips; a legend.
+    panels = (2 + 2 * (title_height() + 64 + 2), 2 + 64 + 2 + 64 + 2)
+    assert seg.dtype == torch.uint8 and seg.shape[-2] == panels[0] and seg.shape[-1] > panels[1]
     box = {"boxes": torch.tensor([[2.0, 2, 20, 20]]), "labels": torch.tensor([1]),
            "scores": torch.tensor([0.9])}  # fmt: skip
     det_batch = {"boxes": [box["boxes"]] * 2, "labels": [box["labels"]] * 2}
-    assert render_predictions(images, [box, box], det_batch, ctx).shape == seg.shape
+    det = render_predictions(images, [box, box], det_batch, ctx)
+    assert det.shape[-2] == panels[0] and det.shape[-1] > panels[1]
     kps = torch.tensor([[[4.0, 4.0, 0.8], [20.0, 20.0, 0.9]]])
     pose = {**box, "keypoints": kps}
     kp_batch = {**det_batch, "keypoints": [kps] * 2}
-    assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == seg.shape
-    # Without ground truth: the prediction panel only.
-    assert render_predictions(images, [box, box], None, ctx).shape[-1] == 2 + 64 + 2
+    # Keypoint instances are coloured one by one: no class legend.
+    assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == (3, *panels)
+    # Without ground truth: the prediction panel only (and the legend).
+    alone = render_predictions(images, [pose, pose], None, ctx)
+    assert alone.shape[-1] == 2 + 64 + 2
 
 
 def test_draw_prediction_names_the_formats_it_knows():
@@ -179,20 +194,95 @@ class _DictNet(_TinyNet):
         return {"heatmap": self.body(x), "size": self.body(x)[:, :2]}
 
 
-@pytest.mark.parametrize("net", [_TinyNet(5), _DictNet(3)], ids=["logits", "heatmaps"])
-def test_dense_vs_original_shows_the_original_map_on_the_dense_lattice(net):
+class _ValidNet(nn.Module):
+    """Unpadded convolutions: cell 0 sits at pixel 3, not 0, so the geometry matters."""
+
+    def __init__(self, out_channels):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, out_channels, 3, stride=2)
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _first_map(output):
+    return output["heatmap"] if isinstance(output, dict) else output
+
+
+def _panels(image, rows, size, columns=3):
+    """The map panels (without titles) of each row of a dense vs original picture."""
+    out = []
+    for row in range(rows):
+        top = 2 + row * (title_height() + size + 2) + title_height()
+        band = image[:, top : top + size]
+        out.append(
+            [band[..., 2 + i * (size + 2) : 2 + i * (size + 2) + size] for i in range(columns)]
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    "net", [_TinyNet(5), _DictNet(3), _ValidNet(4)], ids=["logits", "heatmaps", "unpadded"]
+)
+def test_dense_vs_original_puts_each_original_cell_on_its_dense_lattice_cell(net):
     torch.manual_seed(0)
     dense = to_dense(net.eval(), 1)
-    ctx = VizContext(min_size=16)
-    result = render_dense_vs_original(dense, _images(size=16), ctx)
-    assert result.factor == 4 and result.max_rel_error < 1e-5
-    # Panels: input | original | dense | dense every 4th cell, 16 px each below a title strip.
-    row = result.image[:, 2 + 14 : 2 + 14 + 16]
-    panels = [row[..., 2 + i * 18 : 2 + i * 18 + 16] for i in range(4)]
-    assert torch.equal(panels[1], panels[3])
-    assert not torch.equal(panels[1], panels[2])
-    assert result.image.shape == (3, 2 + 2 * (14 + 16 + 2), 2 + 4 * 18)
+    ctx = VizContext(min_size=40)
+    images = _images(size=20)
+    result = render_dense_vs_original(dense, images, ctx)
+    (geometry,) = {trace_cell_geometry(dense)[0]}
+    assert result.factor == 4 and result.max_rel_error < 1e-5 and result.geometry == geometry
+    factor = 2  # 20-pixel images enlarged to 40
+    cells_y, cells_x = _first_map(net(images)).shape[-2:]  # the original network's cells
+    for _, original, dense_panel in _panels(result.image, rows=2, size=40):
+        assert not torch.equal(original, dense_panel)
+        cells = 0
+        for i, j in itertools.product(range(cells_y), range(cells_x)):
+            y, x = (geometry.offset[a] + 4 * (i, j)[a] for a in (0, 1))
+            if not (0 <= y < 20 and 0 <= x < 20):
+                continue
+            # Original cell (i, j) and dense cell (4i, 4j) sit on pixel (y, x): same colour.
+            py, px = round(y) * factor + factor // 2, round(x) * factor + factor // 2
+            assert torch.equal(original[:, py, px], dense_panel[:, py, px])
+            cells += 1
+        assert cells >= 4
+    # A guide beside the panels: a class legend for logits, a colour bar for scores.
+    assert result.image.shape[-1] > 2 + 3 * 42
+    guide = result.image[:, :, 2 + 3 * 42 :]
+    if isinstance(net, _DictNet):
+        top = heat_colormap(torch.ones(1, 1), 0.0, 1.0)[:, 0, 0]
+        assert (guide == top.view(3, 1, 1)).all(0).any()
+    else:
+        for color in class_colors(net.body[-1].out_channels, background=0)[1:]:
+            assert (guide == color.view(3, 1, 1)).all(0).any()
     assert dense.training is False
+
+
+def test_paint_cells_puts_cell_j_at_its_pixel():
+    colors = torch.arange(3 * 2 * 3, dtype=torch.uint8).view(3, 2, 3)
+    geometry = trace_cell_geometry(_ValidNet(2).eval())[0]  # stride 4, cell 0 at pixel 3
+    painted = paint_cells(colors, geometry, (12, 14))
+    assert painted.shape == (3, 12, 14)
+    for i, j in itertools.product(range(2), range(3)):
+        y, x = 3 + 4 * i, 3 + 4 * j
+        assert torch.equal(painted[:, y, x], colors[:, i, j])
+    assert torch.equal(painted[:, 0, 0], colors[:, 0, 0])  # before cell 0: clamped
+    assert torch.equal(painted[:, 11, 13], colors[:, 1, 2])  # past the last cell: clamped
+
+
+def test_output_geometry_is_the_traced_one_and_survives_untraceable_networks():
+    dense = to_dense(_ValidNet(2).eval(), 2)
+    assert output_geometry(dense) == trace_cell_geometry(dense)[0]
+    # Group normalisation mixes all positions: no cell can be traced, the nominal centre is used.
+    mixing = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 4, 3, stride=2, padding=1),
+    ).eval()  # fmt: skip
+    assert output_geometry(to_dense(mixing, 2)) == CellGeometry(stride=(2, 2), offset=(0.5, 0.5))
+    with pytest.raises(ValueError):
+        output_geometry(mixing)
 
 
 def test_dense_vs_original_needs_a_dense_network():
@@ -243,7 +333,8 @@ def test_validation_pictures_reach_tensorboard(tmp_path, seg_task, seg_data, tas
     assert set(images) == {"val/predictions", "val/dense_vs_original"}
     assert [len(v) for v in images.values()] == [1, 1]
     dense = images["val/dense_vs_original"][0]
-    assert (dense.width, dense.height) == (2 + 4 * (32 + 2), 2 + 2 * (14 + 32 + 2))
+    # Input | original | dense, a legend or colour bar, and a line of explanation below.
+    assert dense.width > 2 + 3 * (32 + 2) and dense.height > 2 + 2 * (title_height() + 32 + 2)
     caption = callback.last_captions["val/dense_vs_original"]
     assert "original stride 32 vs dense stride 8" in caption
     assert float(caption.rsplit(" ", 1)[-1].rstrip(")")) < 1e-4

@@ -8,13 +8,16 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
+from dense_lightning.equivalent import get_dense_info
+from dense_lightning.equivalent.cells import CellGeometry
 from dense_lightning.loggers import image_loggers, log_images
 from dense_lightning.viz import (
     VizContext,
     ordinal,
+    output_geometry,
     predict_images,
     render_dense_vs_original,
     render_predictions,
@@ -31,11 +34,13 @@ class ValidationImageLogger(Callback):
     ``<prefix>/predictions`` and ``<prefix>/dense_vs_original``:
 
     - a grid with one row per image: ground truth and prediction (segmentation overlays,
-      boxes with class names and scores, keypoint skeletons), from the task's
-      ``predict_step``, so what is drawn is what ``dense-lightning predict`` returns;
-    - the input next to the raw maps of ``to_original(network)`` (one cell per original
-      stride) and of the dense network, and the dense map sampled every ``factor`` cells,
-      which equals the original map: the caption gives their largest relative difference.
+      boxes with class names and scores above ``score_threshold``, keypoint skeletons) and a
+      class legend, from the task's ``predict_step``, so what is drawn is what
+      ``dense-lightning predict`` returns;
+    - the input next to the raw maps of ``to_original(network)`` (one block per original
+      cell) and of the dense network, on one colour scale with a legend or colour bar, each
+      cell where it sits in the image; the dense cells that are original cells are outlined
+      and match their blocks' colours: the caption gives the largest difference.
 
     The hook is ``on_validation_batch_end`` because the batch is at hand there and the
     module is already in eval mode; the task does not need to return its outputs (the
@@ -58,7 +63,8 @@ class ValidationImageLogger(Callback):
         min_size: panels are enlarged (nearest neighbour) until their shorter side is this.
 
     Raises:
-        ValueError: ``every_n_epochs``, ``max_images`` or ``min_size`` is below 1.
+        ValueError: ``every_n_epochs``, ``max_images`` or ``min_size`` is below 1, or
+            ``score_threshold`` is outside ``[0, 1]``.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class ValidationImageLogger(Callback):
                 "ValidationImageLogger needs every_n_epochs, max_images and min_size >= 1; got "
                 f"{every_n_epochs}, {max_images} and {min_size}."
             )
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         self.every_n_epochs = every_n_epochs
         self.max_images = max_images
         self.score_threshold = score_threshold
@@ -87,6 +95,8 @@ class ValidationImageLogger(Callback):
         self.min_size = min_size
         #: Captions of the last pictures logged, by key (handy in tests and notebooks).
         self.last_captions: dict[str, str] = {}
+        # Where the network's cells sit: traced once per network (it costs forward passes).
+        self._geometry: tuple[int, CellGeometry] | None = None
 
     def should_log(self, trainer: Trainer, batch_idx: int, dataloader_idx: int) -> bool:
         """Whether this validation batch is the one to draw."""
@@ -116,6 +126,12 @@ class ValidationImageLogger(Callback):
             log_images(trainer, pictures, captions)
             self.last_captions = captions
 
+    def geometry(self, network: nn.Module, method: str) -> CellGeometry:
+        """Where ``network``'s cells sit, traced on first use and kept for that network."""
+        if self._geometry is None or self._geometry[0] != id(network):
+            self._geometry = (id(network), output_geometry(network, method))
+        return self._geometry[1]
+
     def render(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any
     ) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -139,16 +155,18 @@ class ValidationImageLogger(Callback):
             pictures[key] = render_predictions(images, predictions, batch, ctx)
             captions[key] = f"epoch {trainer.current_epoch}: target | prediction"
         network = getattr(pl_module, self.attribute, None)
-        if self.dense_vs_original and getattr(network, "dense_info", None) is not None:
+        info = get_dense_info(network) if isinstance(network, nn.Module) else None
+        if self.dense_vs_original and info is not None:
             key = f"{self.prefix}/dense_vs_original"
-            comparison = render_dense_vs_original(network, images, ctx)
-            info = network.dense_info
+            comparison = render_dense_vs_original(
+                network, images, ctx, geometry=self.geometry(network, info.method)
+            )
             pictures[key] = comparison.image
             captions[key] = (
                 f"epoch {trainer.current_epoch}: original stride {info.original_stride} vs "
-                f"dense stride {info.output_stride}; the dense map sampled every "
-                f"{ordinal(comparison.factor)} cell equals the original map (max relative "
-                f"difference {comparison.max_rel_error:.1e})"
+                f"dense stride {info.output_stride}; every {ordinal(comparison.factor)} dense "
+                f"cell equals the original cell at its place (max relative difference "
+                f"{comparison.max_rel_error:.1e})"
             )
         elif self.dense_vs_original and trainer.current_epoch == 0:
             rank_zero_info(

@@ -1,6 +1,9 @@
-"""Colours: a class palette, a heat colour map, and network images back to displayable bytes."""
+"""Colours: class palettes, a heat colour map, and network images back to displayable bytes."""
 
 from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -8,17 +11,36 @@ from torch import Tensor
 from dense_lightning.data.transforms import denormalize
 
 __all__ = [
+    "BACKGROUND_COLOR",
     "IGNORE_COLOR",
-    "class_color_mix",
+    "class_colors",
     "colorize_labels",
-    "colorize_probabilities",
     "heat_colormap",
     "palette",
+    "text_color",
     "to_uint8_image",
 ]
 
 #: Colour of ignored pixels (label ``ignore_index``) in colourised label maps.
 IGNORE_COLOR: tuple[int, int, int] = (255, 255, 255)
+
+#: Colour of the background class in pictures: a light neutral grey that other classes tint.
+BACKGROUND_COLOR: tuple[int, int, int] = (200, 200, 200)
+
+# Saturated, light enough for black text, distinct from each other and from grey textures;
+# more classes continue around the hue circle (see class_colors).
+_CLASS_COLORS = (
+    (30, 144, 255),
+    (255, 140, 0),
+    (50, 205, 50),
+    (255, 64, 160),
+    (255, 215, 0),
+    (0, 210, 210),
+    (220, 20, 60),
+    (160, 120, 255),
+    (210, 140, 70),
+    (150, 220, 30),
+)
 
 # Anchors of a perceptually ordered dark-to-bright map (close to matplotlib's "inferno"),
 # interpolated linearly; written out so that drawing does not import matplotlib.
@@ -54,6 +76,44 @@ def palette(num_colors: int) -> Tensor:
     return colors
 
 
+def class_colors(num_classes: int, background: int | None = None) -> Tensor:
+    """Colours of classes in pictures: ``uint8 [num_classes, 3]``, bright and far apart.
+
+    Unlike :func:`palette` (the VOC file format, whose first colours are dark), these are
+    chosen to be told apart at a glance over photographs and under text. The foreground
+    classes take the colours in order, so the first object class has the same colour whether
+    or not a background class precedes it (segmentation's class 1 and detection's class 0).
+
+    Args:
+        num_classes: number of classes.
+        background: class shown in :data:`BACKGROUND_COLOR` (``None`` for none).
+    """
+    colors = torch.empty(num_classes, 3, dtype=torch.uint8)
+    slot = 0
+    for label in range(num_classes):
+        if label == background:
+            colors[label] = torch.tensor(BACKGROUND_COLOR, dtype=torch.uint8)
+            continue
+        colors[label] = torch.tensor(_nth_color(slot), dtype=torch.uint8)
+        slot += 1
+    return colors
+
+
+def _nth_color(slot: int) -> tuple[int, int, int]:
+    """The ``slot``-th class colour: the fixed list, then golden-angle steps around the hues."""
+    if slot < len(_CLASS_COLORS):
+        return _CLASS_COLORS[slot]
+    hue = (slot * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.8, 0.95)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def text_color(background: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``background`` (RGB, by relative luminance)."""
+    r, g, b = (float(v) for v in background[:3])
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
 def colorize_labels(labels: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
     """Paint a label map ``[H, W]`` with :func:`palette`: ``uint8 [3, H, W]``.
 
@@ -68,34 +128,6 @@ def colorize_labels(labels: Tensor, num_classes: int, ignore_index: int | None =
     if ignore_index is not None:
         image[:, labels == ignore_index] = torch.tensor(IGNORE_COLOR, dtype=torch.uint8)[:, None]
     return image
-
-
-def colorize_probabilities(logits: Tensor, brightest: float | None = None) -> Tensor:
-    """Class logits ``[C, H, W]`` as the probability-weighted mix of the class colours.
-
-    Where the model is sure, this is :func:`colorize_labels` of the argmax; where it hesitates,
-    the colours blend, so a foreground class that is likely but not the most likely still
-    shows (a young model's argmax is often background, class 0, black, everywhere).
-
-    Args:
-        logits: class scores of one image.
-        brightest: the mixed colour value shown as 255 (others scaled alike): pass the
-            :func:`class_color_mix` maximum over several maps to stretch them all the same.
-            Default: no stretching.
-
-    Returns:
-        ``uint8 [3, H, W]``.
-    """
-    mixed = class_color_mix(logits)
-    if brightest is not None:
-        mixed = mixed * (255.0 / max(brightest, 1e-6))
-    return mixed.round().clamp(0, 255).to(torch.uint8)
-
-
-def class_color_mix(logits: Tensor) -> Tensor:
-    """Float ``[3, H, W]`` in ``[0, 255]``: class colours weighted by softmax probabilities."""
-    probabilities = logits.detach().float().cpu().softmax(dim=0)
-    return torch.einsum("chw,cd->dhw", probabilities, palette(logits.shape[0]).float())
 
 
 def heat_colormap(values: Tensor, vmin: float = 0.0, vmax: float = 1.0) -> Tensor:

@@ -1,4 +1,4 @@
-"""Drawing primitives on ``uint8 [3, H, W]`` tensors: masks, boxes, skeletons, titles, grids.
+"""Drawing primitives on ``uint8 [3, H, W]`` tensors: masks, skeletons, titles, grids.
 
 Every function takes and returns ``uint8`` RGB tensors (channels first, on the CPU), the
 format of ``torchvision.utils``'s drawing functions, and leaves its input untouched.
@@ -12,94 +12,101 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
-from dense_lightning.viz.colors import palette
+from dense_lightning.viz.colors import class_colors
+from dense_lightning.viz.guides import PANEL_BACKGROUND
+from dense_lightning.viz.text import (
+    Font,
+    fit_text,
+    font,
+    from_pil,
+    text_size,
+    to_pil,
+    wrap_text,
+)
 
 __all__ = [
     "display_factor",
-    "draw_boxes",
     "draw_skeletons",
+    "footer",
+    "label_edges",
+    "mute",
     "ordinal",
     "overlay_mask",
     "resize_nearest",
     "tile",
+    "title_height",
     "titled",
     "to_hwc",
     "upscale",
 ]
 
-_BACKGROUND = 255  # grey level of the gaps between tiles and of title strips
-_TITLE_HEIGHT = 14
+_OUTLINE = (0, 0, 0)  # edge around bones and keypoints
+_MUTED_GREY = 200.0  # the light grey a muted image is washed toward
 
 
-def _color(index: int) -> tuple[int, int, int]:
-    """The palette colour of label ``index`` (label 0 is black in the palette, so skip it)."""
-    r, g, b = palette(index + 2)[index + 1].tolist()
-    return int(r), int(g), int(b)
+def mute(image: Tensor, amount: float = 0.5) -> Tensor:
+    """Wash out ``image`` toward light grey, so drawings on it stand out.
+
+    Args:
+        image: ``uint8 [3, H, W]``.
+        amount: 0 keeps the image, 1 makes it one flat light grey.
+    """
+    pixels = image.float()
+    grey = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    washed = 0.6 * grey + 0.4 * _MUTED_GREY
+    return (pixels * (1 - amount) + washed * amount).round().clamp(0, 255).to(torch.uint8)
 
 
 def overlay_mask(
     image: Tensor,
     labels: Tensor,
-    alpha: float = 0.5,
+    alpha: float = 0.75,
     ignore_index: int | None = 255,
     background: int | None = 0,
+    outline: bool = True,
 ) -> Tensor:
-    """Blend a label map ``[H, W]`` over ``image`` in palette colours.
+    """Paint a label map ``[H, W]`` over ``image`` in the class colours.
+
+    Each painted region is blended with the image at ``alpha`` and, with ``outline``, edged in
+    its full colour, so a region reads as its class even over a busy image.
 
     Args:
         image: ``uint8 [3, H, W]``.
         labels: class indices of the same size.
-        alpha: opacity of the colours.
+        alpha: opacity of the colours inside the regions.
         ignore_index: label left unpainted (``None`` for none).
-        background: label left unpainted, so the image shows through (``None`` paints it).
+        background: label left unpainted, so the image shows through (``None`` paints it);
+            also the class that :func:`class_colors` skips, as the legend does.
+        outline: draw each region's edge in full colour.
     """
     labels = labels.long().cpu()
-    skip = {ignore_index, background} - {None}
-    classes = [c for c in labels.unique().tolist() if c not in skip]
-    if not classes:
+    painted = torch.ones_like(labels, dtype=torch.bool)
+    for skip in {ignore_index, background} - {None}:
+        painted &= labels != skip
+    if not painted.any():
         return image.clone()
-    masks = torch.stack([labels == c for c in classes])
-    colors = [tuple(int(v) for v in palette(c + 1)[c].tolist()) for c in classes]
-    return draw_segmentation_masks(image.cpu(), masks, alpha=alpha, colors=colors)
+    colors = class_colors(int(labels[painted].max()) + 1, background).float()
+    color_map = colors[labels.clamp(min=0, max=len(colors) - 1)].permute(2, 0, 1)
+    out = image.cpu().float()
+    out = torch.where(painted, out * (1 - alpha) + color_map * alpha, out)
+    if outline:
+        out = torch.where(painted & label_edges(labels), color_map, out)
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def draw_boxes(
-    image: Tensor,
-    boxes: Tensor,
-    labels: Tensor | None = None,
-    scores: Tensor | None = None,
-    class_names: Sequence[str] | None = None,
-    width: int = 1,
-) -> Tensor:
-    """Draw xyxy pixel ``boxes`` ``[N, 4]``, coloured by label, captioned "name score".
-
-    Args:
-        image: ``uint8 [3, H, W]``.
-        boxes: boxes in the image's pixels.
-        labels: class index of each box (colour and name).
-        scores: confidence of each box, appended to the caption.
-        class_names: name of each class index (default: the index).
-        width: line width in pixels.
-    """
-    image = image.cpu()
-    if len(boxes) == 0:
-        return image.clone()
-    boxes = boxes.detach().float().cpu()
-    label_ids = [0] * len(boxes) if labels is None else [int(v) for v in labels.tolist()]
-    captions = None
-    if labels is not None or scores is not None:
-        captions = []
-        for i, label in enumerate(label_ids):
-            name = class_names[label] if class_names and label < len(class_names) else str(label)
-            name = "" if labels is None else name
-            score = "" if scores is None else f" {float(scores[i]):.2f}"
-            captions.append(f"{name}{score}".strip())
-    colors = [_color(label) for label in label_ids]
-    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=width)
+def label_edges(labels: Tensor) -> Tensor:
+    """Pixels of a label map ``[H, W]`` whose label differs from one of their four neighbours."""
+    padded = F.pad(labels[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+    centre = padded[1:-1, 1:-1]
+    return (
+        (padded[:-2, 1:-1] != centre)
+        | (padded[2:, 1:-1] != centre)
+        | (padded[1:-1, :-2] != centre)
+        | (padded[1:-1, 2:] != centre)
+    )
 
 
 def draw_skeletons(
@@ -107,14 +114,16 @@ def draw_skeletons(
     keypoints: Tensor,
     skeleton: Sequence[tuple[int, int]] | None = None,
     threshold: float = 0.0,
-    radius: int = 1,
-    width: int = 1,
+    radius: int = 2,
+    width: int = 2,
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Tensor:
     """Draw the keypoints ``[N, K, 3]`` of ``N`` instances with their bones.
 
     The third value of a keypoint is its visibility (ground truth, COCO's 0/1/2) or its score
     (predictions); keypoints whose value is not above ``threshold`` are not drawn, nor are the
-    bones that end at them. Each instance gets its own colour.
+    bones that end at them. Each instance gets its own colour; bones and points have a thin
+    dark outline, so they show on light and dark images alike.
 
     Args:
         image: ``uint8 [3, H, W]``.
@@ -123,24 +132,25 @@ def draw_skeletons(
         threshold: keypoints with a third value ``<= threshold`` are hidden.
         radius: keypoint radius in pixels.
         width: bone width in pixels.
+        colors: colour of each instance (default: :func:`class_colors` in order).
     """
-    image = image.cpu()
-    keypoints = keypoints.detach().float().cpu()
-    connectivity = [(int(a), int(b)) for a, b in skeleton] if skeleton else None
-    for i, instance in enumerate(keypoints):
-        visible = instance[:, 2] > threshold
-        if not visible.any():
-            continue
-        image = draw_keypoints(
-            image,
-            instance[None, :, :2],
-            connectivity=connectivity,
-            colors=_color(i),
-            radius=radius,
-            width=width,
-            visibility=visible[None],
-        )
-    return image
+    keypoints = keypoints.detach().float().cpu().reshape(-1, keypoints.shape[-2], 3)
+    if colors is None:
+        colors = [tuple(c) for c in class_colors(len(keypoints)).tolist()]
+    canvas = to_pil(image.cpu())
+    draw = ImageDraw.Draw(canvas)
+    for instance, color in zip(keypoints.tolist(), colors, strict=True):
+        visible = [k[2] > threshold for k in instance]
+        for a, b in skeleton or ():
+            if visible[a] and visible[b]:
+                line = (instance[a][0], instance[a][1], instance[b][0], instance[b][1])
+                draw.line(line, fill=_OUTLINE, width=width + 2)
+                draw.line(line, fill=tuple(color), width=width)
+        for (x, y, _), shown in zip(instance, visible, strict=True):
+            if shown:
+                dot = (x - radius, y - radius, x + radius, y + radius)
+                draw.ellipse(dot, fill=tuple(color), outline=_OUTLINE)
+    return from_pil(canvas)
 
 
 def upscale(image: Tensor, factor: int) -> Tensor:
@@ -157,19 +167,34 @@ def resize_nearest(image: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(image[None].float(), size=size, mode="nearest")[0].to(torch.uint8)
 
 
-def titled(image: Tensor, title: str) -> Tensor:
-    """Put a one-line ``title`` in a light strip above ``image``."""
+def titled(image: Tensor, title: str, face: Font | None = None) -> Tensor:
+    """Put a one-line ``title`` in a light strip above ``image`` (shortened to its width)."""
+    face = face or font()
     width = int(image.shape[-1])
-    strip = Image.new("RGB", (width, _TITLE_HEIGHT), (_BACKGROUND,) * 3)
+    height = title_height(face)
+    strip = Image.new("RGB", (width, height), (PANEL_BACKGROUND,) * 3)
+    # A shortened title is better than a picture wider than its panel.
+    text = fit_text(title, width - 2, face)
+    ImageDraw.Draw(strip).text((1, 1), text, fill=(0, 0, 0), font=face)
+    return torch.cat([from_pil(strip), image.cpu()], dim=-2)
+
+
+def footer(image: Tensor, text: str, face: Font | None = None) -> Tensor:
+    """Put ``text`` below ``image``, wrapped to its width, in a light strip."""
+    face = face or font()
+    width = int(image.shape[-1])
+    lines = wrap_text(text, width - 4, face)
+    line_height = text_size("Ag", face)[1]
+    strip = Image.new("RGB", (width, line_height * len(lines) + 4), (PANEL_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(strip)
-    font = ImageFont.load_default()
-    text = title
-    # Shorten until it fits: a clipped title is better than a picture wider than its panel.
-    while text and draw.textlength(text, font=font) > width - 2:
-        text = text[:-2] + "…" if len(text) > 2 else ""
-    draw.text((1, 0), text, fill=(0, 0, 0), font=font)
-    header = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
-    return torch.cat([header, image.cpu()], dim=-2)
+    for row, line in enumerate(lines):
+        draw.text((2, 2 + row * line_height), line, fill=(0, 0, 0), font=face)
+    return torch.cat([image.cpu(), from_pil(strip)], dim=-2)
+
+
+def title_height(face: Font | None = None) -> int:
+    """Height in pixels of the strip :func:`titled` adds."""
+    return text_size("Ag", face or font())[1] + 2
 
 
 def tile(rows: Sequence[Sequence[Tensor]], gap: int = 2) -> Tensor:
@@ -189,7 +214,7 @@ def tile(rows: Sequence[Sequence[Tensor]], gap: int = 2) -> Tensor:
     widths = [sum(int(p.shape[-1]) for p in row) + gap * (len(row) - 1) for row in rows]
     canvas = torch.full(
         (3, sum(heights) + gap * (len(rows) + 1), max(widths) + 2 * gap),
-        _BACKGROUND,
+        PANEL_BACKGROUND,
         dtype=torch.uint8,
     )
     y = gap

@@ -1,112 +1,48 @@
-"""Pictures of a task's predictions and of what "dense" means, for any of the three tasks.
+"""Pictures of a task's predictions, ground truth beside them, for any of the three tasks.
 
 The functions dispatch on data, not on task classes: a prediction (what ``predict_step``
 returns for one image) is a class map ``[H, W]`` (segmentation) or a dict with ``boxes``,
 ``labels``, ``scores`` and, for keypoints, ``keypoints`` ``[N, K, 3]``; ground truth is read
-from the batch keys ``mask``, ``boxes``/``labels`` and ``keypoints``. Raw network outputs
-(for the dense vs original picture) are logits ``[B, C, h, w]`` or dicts of such maps. So a
-user's LightningModule with the same formats is drawn too, without code here.
+from the batch keys ``mask``, ``boxes``/``labels`` and ``keypoints``. So a user's
+LightningModule with the same formats is drawn too, without code here. A legend beside the
+grid names the class colours.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from torch import Tensor, nn
+from torch import Tensor
 
-from dense_lightning.equivalent import to_original
-from dense_lightning.viz.colors import (
-    class_color_mix,
-    colorize_probabilities,
-    heat_colormap,
-    to_uint8_image,
-)
+from dense_lightning.equivalent.cells import eval_mode
+from dense_lightning.viz.boxes import draw_boxes
+from dense_lightning.viz.colors import class_colors, to_uint8_image
+from dense_lightning.viz.context import VizContext, class_entries
 from dense_lightning.viz.draw import (
     display_factor,
-    draw_boxes,
     draw_skeletons,
-    ordinal,
+    mute,
     overlay_mask,
-    resize_nearest,
     tile,
     titled,
     upscale,
 )
+from dense_lightning.viz.guides import legend
 
 __all__ = [
-    "DenseComparison",
-    "VizContext",
     "draw_prediction",
     "draw_target",
     "predict_images",
-    "render_dense_vs_original",
+    "prediction_legend",
     "render_predictions",
     "slice_batch",
     "split_predictions",
 ]
 
 Prediction = Tensor | Mapping[str, Tensor]
-# Raw maps shown in the dense vs original picture, in order of preference.
-_MAP_KEYS = ("keypoint_heatmap", "heatmap")
-
-
-@dataclass
-class VizContext:
-    """What drawing needs to know about the data, plus display settings.
-
-    Attributes:
-        class_names: name of each class index (captions of boxes).
-        skeleton: keypoint index pairs joined by a bone.
-        num_classes: classes of segmentation maps (palette size).
-        ignore_index: mask label that is not drawn.
-        score_threshold: predicted boxes and instances below this score are not drawn.
-        min_size: panels are enlarged (nearest neighbour) until their shorter side is this.
-    """
-
-    class_names: list[str] | None = None
-    skeleton: list[tuple[int, int]] | None = None
-    num_classes: int | None = None
-    ignore_index: int | None = 255
-    score_threshold: float = 0.3
-    min_size: int = 128
-
-    @classmethod
-    def from_module(
-        cls, pl_module: LightningModule, datamodule: Any = None, **kwargs: Any
-    ) -> VizContext:
-        """Read names, skeleton and classes from the DataModule and the task's hparams."""
-        hparams = getattr(pl_module, "hparams", {})
-        names = getattr(datamodule, "class_names", None)
-        skeleton = getattr(datamodule, "skeleton", None)
-        return cls(
-            class_names=list(names) if names is not None else None,
-            skeleton=[(int(a), int(b)) for a, b in skeleton] if skeleton else None,
-            num_classes=hparams.get("num_classes"),
-            ignore_index=hparams.get("ignore_index", 255),
-            **kwargs,
-        )
-
-
-@dataclass
-class DenseComparison:
-    """The dense vs original picture and the numbers behind it.
-
-    Attributes:
-        image: ``uint8 [3, H, W]``: per image, the input, the original-stride map, the dense
-            map and the dense map sampled every ``factor`` cells, each enlarged to one size.
-        factor: dense cells per original cell along each axis.
-        max_rel_error: largest ``|dense sampled - original|`` over the largest ``|original|``
-            (NaN when the shapes do not line up, e.g. for an approximate conversion).
-    """
-
-    image: Tensor
-    factor: int
-    max_rel_error: float
 
 
 def slice_batch(batch: Any, stop: int, start: int = 0) -> Any:
@@ -129,21 +65,21 @@ def split_predictions(predictions: Any) -> list[Prediction]:
 def predict_images(pl_module: LightningModule, batch: Any, max_images: int) -> list[Prediction]:
     """Run ``pl_module.predict_step`` on the first ``max_images`` samples, in eval mode."""
     batch = slice_batch(batch, max_images)
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
+    with eval_mode(pl_module):
         return split_predictions(pl_module.predict_step(batch, 0))
-    finally:
-        pl_module.train(was_training)
 
 
 def draw_target(image: Tensor, batch: Mapping[str, Any], index: int, ctx: VizContext) -> Tensor:
     """Draw the ground truth of sample ``index`` of ``batch`` on ``image`` (``uint8``)."""
     if "mask" in batch:
-        return overlay_mask(image, batch["mask"][index], ignore_index=ctx.ignore_index)
+        return overlay_mask(
+            image, batch["mask"][index], ignore_index=ctx.ignore_index, background=ctx.background
+        )
     if "keypoints" in batch:
-        boxes = draw_boxes(image, batch["boxes"][index])
-        return draw_skeletons(boxes, batch["keypoints"][index], ctx.skeleton)
+        keypoints = batch["keypoints"][index]
+        colors = _instance_colors(len(keypoints))
+        boxes = draw_boxes(image, batch["boxes"][index], colors=colors, captions=False)
+        return draw_skeletons(boxes, keypoints, ctx.skeleton, colors=colors)
     if "boxes" in batch:
         labels = batch["labels"][index] if "labels" in batch else None
         return draw_boxes(image, batch["boxes"][index], labels, class_names=ctx.class_names)
@@ -151,9 +87,14 @@ def draw_target(image: Tensor, batch: Mapping[str, Any], index: int, ctx: VizCon
 
 
 def draw_prediction(image: Tensor, prediction: Prediction, ctx: VizContext) -> Tensor:
-    """Draw one image's prediction (class map, boxes, or instances with keypoints)."""
+    """Draw one image's prediction (class map, boxes, or instances with keypoints).
+
+    Boxes and instances scored below ``ctx.score_threshold`` are left out.
+    """
     if isinstance(prediction, Tensor):
-        return overlay_mask(image, prediction, ignore_index=ctx.ignore_index)
+        return overlay_mask(
+            image, prediction, ignore_index=ctx.ignore_index, background=ctx.background
+        )
     if not isinstance(prediction, Mapping) or not {"boxes", "scores"} <= prediction.keys():
         raise TypeError(
             "Cannot draw a prediction of type "
@@ -161,15 +102,53 @@ def draw_prediction(image: Tensor, prediction: Prediction, ctx: VizContext) -> T
             "'boxes' and 'scores' (and 'labels' or 'keypoints'), as the tasks' predict_step "
             "returns per image."
         )
-    keep = prediction["scores"] >= ctx.score_threshold
+    scores = prediction["scores"]
     if "keypoints" in prediction:
-        boxes = draw_boxes(image, prediction["boxes"][keep], scores=prediction["scores"][keep])
+        keep = (scores >= ctx.score_threshold).nonzero().flatten()
+        keep = keep[scores[keep].argsort(descending=True)]
+        colors = _instance_colors(len(keep))
+        boxes = draw_boxes(image, prediction["boxes"][keep], scores=scores[keep], colors=colors)
         # Every keypoint of a kept instance is a prediction; -1 shows those scored 0 too.
-        return draw_skeletons(boxes, prediction["keypoints"][keep], ctx.skeleton, threshold=-1)
-    labels = prediction["labels"][keep] if "labels" in prediction else None
+        keypoints = prediction["keypoints"][keep]
+        return draw_skeletons(boxes, keypoints, ctx.skeleton, threshold=-1, colors=colors)
     return draw_boxes(
-        image, prediction["boxes"][keep], labels, prediction["scores"][keep], ctx.class_names
+        image,
+        prediction["boxes"],
+        prediction.get("labels"),
+        scores,
+        ctx.class_names,
+        score_threshold=ctx.score_threshold,
     )
+
+
+def _instance_colors(count: int) -> list[tuple[int, int, int]]:
+    """One colour per instance (keypoint instances have no class to colour them by)."""
+    return [(int(r), int(g), int(b)) for r, g, b in class_colors(count).tolist()]
+
+
+def prediction_legend(
+    predictions: Sequence[Prediction], batch: Mapping[str, Any] | None, ctx: VizContext
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """Legend entries ``(name, colour)`` of the classes a prediction grid colours.
+
+    Class maps and labelled boxes have one; keypoint instances, coloured one by one, none.
+    """
+    targets = batch or {}
+    if any(isinstance(p, Tensor) for p in predictions):
+        maps = [p for p in predictions if isinstance(p, Tensor)] + list(targets.get("mask", []))
+        present = set().union(*(set(m.unique().tolist()) for m in maps)) - {ctx.ignore_index}
+        num_classes = ctx.num_classes or max(present, default=0) + 1
+        return class_entries(num_classes, ctx, ctx.background, present)
+    if any("keypoints" in p for p in predictions) or "keypoints" in targets:
+        return []
+    labels = [p["labels"][p["scores"] >= ctx.score_threshold] for p in predictions if "labels" in p]
+    labels += list(targets.get("labels", []))
+    if not labels:
+        return []
+    present = set(torch.cat([x.reshape(-1) for x in labels]).long().tolist())
+    named = len(ctx.class_names) if ctx.class_names else None
+    num_classes = ctx.num_classes or named or max(present, default=0) + 1
+    return class_entries(num_classes, ctx, None, present)
 
 
 def render_predictions(
@@ -178,7 +157,10 @@ def render_predictions(
     batch: Mapping[str, Any] | None = None,
     ctx: VizContext | None = None,
 ) -> Tensor:
-    """A grid with one row per image: ground truth (when ``batch`` has it), then prediction.
+    """A grid with one row per image, ground truth (when ``batch`` has it) then prediction.
+
+    The images are enlarged to ``ctx.min_size`` and washed out by ``ctx.mute`` so that the
+    drawings stand out; a legend of the class colours stands to the right.
 
     Args:
         images: network inputs ``[B, 3, H, W]`` (normalised) or ``uint8`` images.
@@ -193,16 +175,21 @@ def render_predictions(
     pictures = to_uint8_image(images)
     factor = display_factor(pictures.shape[-2:], ctx.min_size)
     targets = _scale_batch(batch, factor) if batch is not None else None
+    has_target = targets is not None and any(k in targets for k in ("mask", "boxes", "keypoints"))
+    scored = any(not isinstance(p, Tensor) for p in predictions)
+    title = f"prediction, score >= {ctx.score_threshold:.2f}" if scored else "prediction"
     rows = []
     for i, prediction in enumerate(predictions):
-        image = upscale(pictures[i], factor)
-        row = []
-        if targets is not None and any(k in targets for k in ("mask", "boxes", "keypoints")):
-            row.append(titled(draw_target(image, targets, i, ctx), "target"))
+        image = mute(upscale(pictures[i], factor), ctx.mute)
+        row = [titled(draw_target(image, targets, i, ctx), "target")] if has_target else []
         drawn = draw_prediction(image, _scale_prediction(prediction, factor), ctx)
-        row.append(titled(drawn, "prediction"))
+        row.append(titled(drawn, title))
         rows.append(row)
-    return tile(rows)
+    grid = tile(rows)
+    entries = prediction_legend(predictions, batch, ctx)
+    if not entries:
+        return grid
+    return tile([[grid, legend(entries, int(grid.shape[-2]), title="classes")]], gap=0)
 
 
 def _scale_batch(batch: Mapping[str, Any], factor: int) -> Mapping[str, Any]:
@@ -236,116 +223,3 @@ def _scale_keypoints(keypoints: Tensor, factor: int) -> Tensor:
     scaled = keypoints.clone()
     scaled[..., :2] *= factor
     return scaled
-
-
-def _heat_values(output: Any, index: int) -> Tensor | None:
-    """One image's heatmap ``[h, w]`` (max over channels), ``None`` for class logits."""
-    if isinstance(output, Mapping):
-        key = next((k for k in _MAP_KEYS if k in output), next(iter(output)))
-        return output[key][index].float().sigmoid().amax(dim=0)
-    if isinstance(output, list | tuple):  # feature pyramid: the last level's energy
-        return output[-1][index].float().abs().mean(dim=0)
-    if output.shape[1] == 1:
-        return output[index, 0].float().sigmoid()
-    return None
-
-
-def _display_maps(outputs: Sequence[Any], index: int) -> list[Tensor]:
-    """Image ``index`` of each raw output in colours, all on one scale.
-
-    Class logits become class colours mixed by probability, stretched so that the brightest
-    cell of all the maps is at full brightness; heatmaps a heat map from 0 to the largest
-    value of all of them. One scale for all, so that equal maps look equal.
-    """
-    values = [_heat_values(output, index) for output in outputs]
-    if any(v is None for v in values):
-        logits = [output[index] for output in outputs]
-        brightest = max(float(class_color_mix(x).max()) for x in logits)
-        return [colorize_probabilities(x, brightest) for x in logits]
-    vmax = max(max(float(v.max()) for v in values), 1e-12)
-    return [heat_colormap(v.cpu(), 0.0, vmax) for v in values]
-
-
-def _tensors(output: Any) -> list[Tensor]:
-    if isinstance(output, Mapping):
-        return list(output.values())
-    if isinstance(output, list | tuple):
-        return list(output)
-    return [output]
-
-
-def _lattice(output: Any, factor: int) -> Any:
-    """The dense output sampled every ``factor`` cells, in the same structure."""
-    if isinstance(output, Mapping):
-        return {k: v[..., ::factor, ::factor] for k, v in output.items()}
-    if isinstance(output, list | tuple):
-        return [v[..., ::factor, ::factor] for v in output]
-    return output[..., ::factor, ::factor]
-
-
-def _rel_error(original: Any, sampled: Any) -> float:
-    worst, scale = 0.0, 0.0
-    for ref, got in zip(_tensors(original), _tensors(sampled), strict=True):
-        if ref.shape != got.shape:
-            return math.nan
-        worst = max(worst, float((ref.float() - got.float()).abs().max()))
-        scale = max(scale, float(ref.float().abs().max()))
-    return worst / max(scale, 1e-12)
-
-
-@torch.no_grad()
-def render_dense_vs_original(
-    network: nn.Module,
-    images: Tensor,
-    ctx: VizContext | None = None,
-    original: nn.Module | None = None,
-) -> DenseComparison:
-    """Run the dense ``network`` and its original-stride twin on ``images``, side by side.
-
-    Each row shows the input, the original network's map (one cell per ``original_stride``
-    pixels), the dense map (one cell per ``output_stride`` pixels) and the dense map sampled
-    every ``factor`` cells, which is the original map again: the dense model computes the
-    original model's outputs plus the ones in between.
-
-    Args:
-        network: a model returned by ``to_dense`` (it has ``dense_info``).
-        images: network inputs ``[B, 3, H, W]``.
-        ctx: display settings.
-        original: ``to_original(network)`` when the caller has it already (it is a copy,
-            so callers drawing many batches with fixed weights can build it once).
-
-    Raises:
-        ValueError: ``network`` is not dense.
-    """
-    ctx = ctx or VizContext()
-    info = getattr(network, "dense_info", None)
-    if info is None:
-        raise ValueError(
-            f"{type(network).__name__} is not dense (no dense_info); convert it with to_dense "
-            "or train with output_stride set to draw the dense vs original picture."
-        )
-    original = (to_original(network) if original is None else original).eval()
-    was_training = network.training
-    network.eval()
-    try:
-        call = getattr(info, "method", "forward")
-        dense_out = getattr(network, call)(images)
-        original_out = getattr(original, call)(images)
-    finally:
-        network.train(was_training)
-    sampled = _lattice(dense_out, info.factor)
-    pictures = to_uint8_image(images)
-    factor = display_factor(pictures.shape[-2:], ctx.min_size)
-    size = (pictures.shape[-2] * factor, pictures.shape[-1] * factor)
-    titles = (
-        "input",
-        f"original, stride {info.original_stride}",
-        f"dense, stride {info.output_stride}",
-        f"dense, every {ordinal(info.factor)} cell",
-    )
-    rows = []
-    for i in range(len(images)):
-        maps = _display_maps((original_out, dense_out, sampled), i)
-        panels = [upscale(pictures[i], factor), *(resize_nearest(m, size) for m in maps)]
-        rows.append([titled(p, t) for p, t in zip(panels, titles, strict=True)])
-    return DenseComparison(tile(rows), info.factor, _rel_error(original_out, sampled))
