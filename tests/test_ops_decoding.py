@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from dense_lightning.equivalent.cells import CellGeometry
 from dense_lightning.ops import (
     decode_detections,
     draw_gaussians,
@@ -12,6 +13,9 @@ from dense_lightning.ops import (
     refine_peaks,
     topk_peaks,
 )
+
+# Cell j of this map at image coordinate 8j (pixel 8j - 0.5).
+_CORNER_8 = CellGeometry(stride=(8, 8), offset=(-0.5, -0.5))
 
 
 def test_heatmap_nms_keeps_only_local_maxima():
@@ -78,14 +82,14 @@ def test_decode_detections_suppresses_duplicate_neighbours_and_clips():
     offset[0, 0, 2, 4] = -12.0  # points back to the first object's centre
     dets = decode_detections(
         {"heatmap": heat, "size": size, "offset": offset},
-        8,
+        _CORNER_8,
         score_threshold=0.1,
         image_size=(64, 64),
     )[0]
     assert len(dets["boxes"]) == 1
     torch.testing.assert_close(dets["boxes"][0], torch.tensor([6.0, 6.0, 26.0, 26.0]))
     far = {"heatmap": heat, "size": size * 2, "offset": offset}
-    clipped = decode_detections(far, 8, score_threshold=0.1, image_size=(64, 64))[0]
+    clipped = decode_detections(far, _CORNER_8, score_threshold=0.1, image_size=(64, 64))[0]
     assert clipped["boxes"].min() >= 0 and clipped["boxes"].max() <= 64
 
 

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dense_lightning.equivalent.cells import CellGeometry
 from dense_lightning.ops import (
     decode_detections,
     decode_keypoints,
@@ -14,6 +15,11 @@ from dense_lightning.ops import (
     gaussian_radius,
     infer_stride,
 )
+
+
+def _corner(stride: int) -> CellGeometry:
+    """Cell j at image coordinate ``stride * j`` (pixel ``stride * j - 0.5``)."""
+    return CellGeometry(stride=(stride, stride), offset=(-0.5, -0.5))
 
 
 @given(
@@ -71,7 +77,7 @@ def test_draw_gaussians_peak_max_merge_and_subcell_asymmetry():
 def test_encode_detection_targets_values():
     boxes = [torch.tensor([[8.0, 16.0, 40.0, 32.0]]), torch.zeros(0, 4)]
     labels = [torch.tensor([2]), torch.zeros(0, dtype=torch.long)]
-    t = encode_detection_targets(boxes, labels, num_classes=3, map_size=(8, 8), stride=8)
+    t = encode_detection_targets(boxes, labels, num_classes=3, map_size=(8, 8), geometry=_corner(8))
     assert t["heatmap"].shape == (2, 3, 8, 8)
     # Centre (24, 24) -> cell (3, 3) anchored at pixel 24: zero offset.
     assert t["positive"][0, 2, 3, 3] and t["positive"].sum() == 1
@@ -83,7 +89,7 @@ def test_encode_detection_targets_values():
 
 def test_degenerate_boxes_are_skipped():
     boxes = [torch.tensor([[5.0, 5.0, 5.0, 20.0], [0.0, 0.0, 16.0, 16.0]])]
-    t = encode_detection_targets(boxes, [torch.tensor([0, 0])], 1, (4, 4), 16)
+    t = encode_detection_targets(boxes, [torch.tensor([0, 0])], 1, (4, 4), _corner(16))
     assert t["positive"].sum() == 1 and len(t["batch"]) == 1
 
 
@@ -103,8 +109,8 @@ def test_detection_round_trip_any_stride(stride):
     boxes = [torch.tensor([[10.0, 12.0, 50.0, 40.0], [70.0, 64.0, 120.0, 126.0]])]
     labels = [torch.tensor([0, 1])]
     cells = math.ceil(128 / stride)
-    t = encode_detection_targets(boxes, labels, 2, (cells, cells), stride)
-    dets = decode_detections(_perfect_detection_outputs(t, 2), stride, score_threshold=0.5)
+    t = encode_detection_targets(boxes, labels, 2, (cells, cells), _corner(stride))
+    dets = decode_detections(_perfect_detection_outputs(t, 2), _corner(stride), score_threshold=0.5)
     order = dets[0]["labels"].argsort()
     torch.testing.assert_close(dets[0]["boxes"][order], boxes[0], atol=1e-3, rtol=0)
     assert dets[0]["labels"][order].tolist() == [0, 1]
@@ -113,7 +119,8 @@ def test_detection_round_trip_any_stride(stride):
 def test_keypoint_targets_mask_unlabelled_and_outside():
     boxes = [torch.tensor([[8.0, 8.0, 56.0, 56.0]])]
     kpts = [torch.tensor([[[16.0, 16.0, 2.0], [40.0, 40.0, 0.0], [200.0, 10.0, 2.0]]])]
-    t = encode_keypoint_targets(boxes, kpts, (8, 8), 8)
+    centres = encode_detection_targets(boxes, [torch.tensor([0])], 1, (8, 8), _corner(8))
+    t = encode_keypoint_targets(boxes, kpts, (8, 8), _corner(8), centres)
     assert t["keypoint_mask"].tolist() == [[True, False, False]]
     assert t["keypoint_heatmap"][0, 0, 2, 2] == 1
     assert t["keypoint_heatmap"][0, 1].sum() == 0 and t["keypoint_heatmap"][0, 2].sum() == 0
@@ -133,8 +140,9 @@ def test_keypoint_round_trip_snaps_to_refined_peaks(stride):
         )
     ]
     cells = 64 // stride
-    det = encode_detection_targets(boxes, [torch.tensor([0, 0])], 1, (cells, cells), stride)
-    kp = encode_keypoint_targets(boxes, kpts, (cells, cells), stride)
+    geometry = _corner(stride)
+    det = encode_detection_targets(boxes, [torch.tensor([0, 0])], 1, (cells, cells), geometry)
+    kp = encode_keypoint_targets(boxes, kpts, (cells, cells), geometry, det)
     out = _perfect_detection_outputs(det, 1)
     heat = kp["keypoint_heatmap"].clamp(1e-4, 1 - 1e-4)
     out["keypoint_heatmap"] = torch.log(heat / (1 - heat))
@@ -142,7 +150,7 @@ def test_keypoint_round_trip_snaps_to_refined_peaks(stride):
     disp = torch.zeros(1, 6, cells, cells)
     disp[det["batch"], :, det["ys"], det["xs"]] = (kp["displacement"] + 1.5).reshape(-1, 6)
     out["displacement"] = disp
-    result = decode_keypoints(out, stride, score_threshold=0.5)[0]
+    result = decode_keypoints(out, geometry, score_threshold=0.5)[0]
     assert len(result["boxes"]) == 2
     order = result["boxes"][:, 0].argsort()
     pred = result["keypoints"][order]
@@ -150,3 +158,56 @@ def test_keypoint_round_trip_snaps_to_refined_peaks(stride):
     err = (pred[..., :2] - kpts[0][..., :2]).norm(dim=-1)[labelled]
     # Peaks are located to a quarter cell: the error stays well below one cell.
     assert err.max() < 0.6 * stride
+
+
+def test_regression_cells_cover_the_original_lattice():
+    # Dense stride 8, original stride 32 (k = 4), cell 0 centred on pixel 0.
+    dense = CellGeometry(stride=(8, 8), offset=(0.0, 0.0))
+    original = dense.with_stride(32)
+    boxes = [torch.tensor([[30.0, 50.0, 70.6, 91.8], [100.0, 4.0, 126.0, 30.0]])]
+    labels = [torch.tensor([0, 1])]
+    t = encode_detection_targets(boxes, labels, 2, (16, 16), dense, reach=16.0, lattice=4)
+    centres = (boxes[0][:, :2] + boxes[0][:, 2:]) / 2
+    rows = {(int(y), int(x)): i for i, (y, x) in enumerate(zip(t["ys"], t["xs"], strict=True))}
+    for n, centre in enumerate(centres):
+        # The cell the exported model peaks at is original cell i = dense cell 4i ...
+        xs, ys = original.nearest_cells(centre.view(1, 2), (4, 4))
+        row = rows[(4 * int(ys), 4 * int(xs))]
+        assert int(t["instance"][row]) == n
+        # ... and it learns the offset from its own position to the centre.
+        point = original.cells_to_points(torch.stack([xs, ys], -1).float())[0]
+        torch.testing.assert_close(t["offset"][row], centre - point)
+    # Every dense cell within half an original stride trains (the dense benefit), one target
+    # each; the second object's lattice cell, out of reach at the border, still regresses it.
+    assert len(t["ys"]) == len(rows) and int((t["instance"] == 0).sum()) >= 16
+    # Without reach only the peak cells regress, and the lattice cell of the second object is
+    # not among them.
+    peak_only = encode_detection_targets(boxes, labels, 2, (16, 16), dense)
+    assert len(peak_only["ys"]) == 2
+    xs, ys = original.nearest_cells(centres[1].view(1, 2), (4, 4))
+    assert (4 * int(ys), 4 * int(xs)) not in set(
+        zip(peak_only["ys"].tolist(), peak_only["xs"].tolist(), strict=True)
+    )
+
+
+def test_keypoint_displacements_follow_the_regression_cells():
+    geometry = CellGeometry(stride=(8, 8), offset=(0.0, 0.0))
+    boxes = [torch.tensor([[8.0, 8.0, 56.0, 56.0]])]
+    kpts = [torch.tensor([[[16.0, 20.0, 2.0], [40.0, 40.0, 0.0]]])]
+    centres = encode_detection_targets(boxes, [torch.tensor([0])], 1, (8, 8), geometry, 16.0)
+    t = encode_keypoint_targets(boxes, kpts, (8, 8), geometry, centres)
+    assert t["displacement"].shape == (len(centres["ys"]), 2, 2)
+    points = geometry.cells_to_points(torch.stack([centres["xs"], centres["ys"]], -1).float())
+    torch.testing.assert_close(t["displacement"][:, 0], kpts[0][0, 0, :2] - points)
+    assert t["keypoint_mask"].all(dim=0).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("offset", [0.0, 15.5])
+def test_round_trip_with_traced_offsets(offset):
+    geometry = CellGeometry(stride=(16, 16), offset=(offset, offset))
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 40.0], [70.0, 64.0, 120.0, 126.0]])]
+    labels = [torch.tensor([0, 1])]
+    t = encode_detection_targets(boxes, labels, 2, (8, 8), geometry, reach=8.0)
+    dets = decode_detections(_perfect_detection_outputs(t, 2), geometry, score_threshold=0.5)
+    order = dets[0]["labels"].argsort()
+    torch.testing.assert_close(dets[0]["boxes"][order], boxes[0], atol=1e-3, rtol=0)

@@ -33,8 +33,8 @@ def test_dense_head_has_more_cells_and_inverse_transfer_matches_on_lattice():
         torch.testing.assert_close(
             dense_out[name][..., ::k, ::k], original_out[name], atol=1e-5, rtol=1e-4
         )
-    assert ObjectDetectionTask.stride_of(dense_out, images) == 8
-    assert ObjectDetectionTask.stride_of(original_out, images) == 32
+    assert dense_task.geometry(images, dense_out["heatmap"]).stride == (8, 8)
+    assert dense_task.geometry(images, original_out["heatmap"]).stride == (32, 32)
     assert verify_equivalence(original, dense_task.model, images[:2]).equivalent
 
 
@@ -116,9 +116,11 @@ def _run_all_subcommands(run_cli, config, tmp_path, extra):
     assert {"dense_val_map", "exported_val_map"} <= set(report["metrics"])
     assert (exports / "backbone_test_resnet.pth").is_file()
     # The exported (original-stride) checkpoint restores into the task and evaluates.
+    # The run-time output stride is the config's or the command line's; null runs the exported
+    # structure as saved.
     checkpoint = f"--ckpt_path={exports / 'model_original.ckpt'}"
-    validate = run_cli("validate", *base, checkpoint)
-    assert not is_dense(validate.model.model)  # the checkpoint's structure wins over the config
+    validate = run_cli("validate", *base, checkpoint, "--model.init_args.output_stride=null")
+    assert not is_dense(validate.model.model)
     assert "val_map_50" in validate.trainer.callback_metrics
     test = run_cli("test", *base, checkpoint)
     assert "test_map" in test.trainer.callback_metrics
@@ -184,7 +186,7 @@ def test_coco_config_through_cli(run_cli, tmp_path):
     _run_all_subcommands(run_cli, CONFIGS / "coco.yaml", tmp_path, extra)
 
 
-def test_coco_config_refuses_wrong_num_classes(run_cli, tmp_path):
+def test_coco_config_refuses_wrong_num_classes(run_cli, tmp_path, capsys):
     root = tmp_path / "coco"
     write_tiny_coco_detection(root)
     args = [
@@ -196,8 +198,11 @@ def test_coco_config_refuses_wrong_num_classes(run_cli, tmp_path):
         "--data.init_args.train_images=train",
         "--data.init_args.val_images=val",
     ]
-    with pytest.raises(ValueError, match="num_classes=2"):
+    with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *args)  # the config says 80 classes, the data has 2
+    # A configuration error: one line naming the fix, exit status 2.
+    assert exit_info.value.code == 2
+    assert "set model.init_args.num_classes=2" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

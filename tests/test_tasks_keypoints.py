@@ -120,8 +120,10 @@ def _run_all_subcommands(run_cli, config, tmp_path, extra):
     report = json.loads((exports / "equivalence.json").read_text())
     assert report["equivalence"]["equivalent"]
     assert {"dense_val_keypoint_ap", "exported_val_pck"} <= set(report["metrics"])
+    # The run-time output stride is the config's or the command line's; null runs the exported
+    # structure as saved.
     checkpoint = f"--ckpt_path={exports / 'model_original.ckpt'}"
-    validate = run_cli("validate", *base, checkpoint)
+    validate = run_cli("validate", *base, checkpoint, "--model.init_args.output_stride=null")
     assert not is_dense(validate.model.model)
     assert {"val_keypoint_ap", "val_pck"} <= set(validate.trainer.callback_metrics)
     test = run_cli("test", *base, checkpoint)
@@ -193,12 +195,15 @@ def test_coco_config_through_cli(run_cli, tmp_path):
     _run_all_subcommands(run_cli, CONFIGS / "coco.yaml", tmp_path, _coco_args(root))
 
 
-def test_coco_config_refuses_wrong_num_keypoints(run_cli, tmp_path):
+def test_coco_config_refuses_wrong_num_keypoints(run_cli, tmp_path, capsys):
     root = tmp_path / "coco"
     write_tiny_coco_keypoints(root)
     args = [f"--config={CONFIGS / 'coco.yaml'}", *SMALL_RUN, *_coco_args(root)]
-    with pytest.raises(ValueError, match="num_keypoints=17"):
+    with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *args, "--model.init_args.num_keypoints=13")
+    # A configuration error: one line naming the fix, exit status 2.
+    assert exit_info.value.code == 2
+    assert "set model.init_args.num_keypoints=17" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Convertible networks: timm feature backbones and heads made of local layers."""
 
+from dense_lightning.equivalent.cells import eval_mode
 from dense_lightning.models.backbone import (
     BackboneWithHead,
     check_backbone_name,
@@ -17,6 +18,7 @@ from dense_lightning.models.heads import (
     ASPPHead,
     FCNHead,
     LinearHead,
+    SegmentationHeadName,
     build_segmentation_head,
 )
 from dense_lightning.models.heads.centernet import CenterNetHead
@@ -32,11 +34,13 @@ __all__ = [
     "HeatmapHead",
     "LinearHead",
     "PoseHead",
+    "SegmentationHeadName",
     "apply_dense_state",
     "build_segmentation_head",
     "check_backbone_name",
     "create_backbone",
     "dense_state",
+    "eval_mode",
     "make_dense",
     "timm_state_dict",
 ]

@@ -1,5 +1,11 @@
 """Target encoding, losses and decoding for dense detection and keypoint heads."""
 
+from dense_lightning.ops.centernet import (
+    BOX_TERMS,
+    POSE_TERMS,
+    box_loss_terms,
+    pose_loss_terms,
+)
 from dense_lightning.ops.decoding import (
     decode_centres,
     decode_detections,
@@ -18,6 +24,9 @@ from dense_lightning.ops.losses import gather_cells, heatmap_focal_loss, masked_
 from dense_lightning.ops.pose import decode_keypoints
 
 __all__ = [
+    "BOX_TERMS",
+    "POSE_TERMS",
+    "box_loss_terms",
     "decode_centres",
     "decode_detections",
     "decode_keypoints",
@@ -30,6 +39,7 @@ __all__ = [
     "heatmap_nms",
     "infer_stride",
     "masked_l1_loss",
+    "pose_loss_terms",
     "refine_peaks",
     "topk_peaks",
 ]

@@ -1,8 +1,9 @@
 """Decoding of dense head outputs: heatmap peaks, sub-pixel refinement, boxes and keypoints.
 
 Everything here runs outside the network, so none of it has to be equivalent under the dense
-mapping: the 3x3 max-pool "NMS" and the box NMS only see the final maps. Cell ``j`` is anchored at
-pixel ``j * stride`` (see :mod:`dense_lightning.ops.encoding`).
+mapping: the 3x3 max-pool "NMS" and the box NMS only see the final maps. Cells sit where their
+:class:`~dense_lightning.equivalent.cells.CellGeometry` puts them, as in
+:mod:`dense_lightning.ops.encoding`.
 """
 
 from typing import Literal
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
+
+from dense_lightning.equivalent.cells import CellGeometry
 
 __all__ = [
     "decode_centres",
@@ -116,23 +119,23 @@ def gather_peaks(maps: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
 
 
 def decode_centres(
-    outputs: dict[str, Tensor], stride: int, max_detections: int = 100
+    outputs: dict[str, Tensor], geometry: CellGeometry, max_detections: int = 100
 ) -> dict[str, Tensor]:
-    """Top-k instance centres of a CenterNet output, as boxes in input pixels.
+    """Top-k instance centres of a CenterNet output, as boxes in image coordinates.
 
     Args:
         outputs: ``heatmap`` logits ``[B, C, h, w]``, ``size`` and ``offset`` ``[B, 2, h, w]``.
-        stride: input pixels per cell.
+        geometry: where the maps' cells sit.
         max_detections: peaks kept per image.
 
     Returns:
         ``boxes`` ``[B, k, 4]``, ``scores``, ``labels``, ``ys``, ``xs`` (``[B, k]``) and the
-        ``anchors`` ``[B, k, 2]`` pixel positions of the peak cells.
+        ``anchors`` ``[B, k, 2]``: positions ``(x, y)`` of the peak cells.
     """
     heat = heatmap_nms(outputs["heatmap"].float().sigmoid())
     peaks = topk_peaks(heat, max_detections)
     ys, xs = peaks["ys"], peaks["xs"]
-    anchors = torch.stack([xs, ys], dim=-1).float() * stride
+    anchors = geometry.cells_to_points(torch.stack([xs, ys], dim=-1).float())
     centres = anchors + gather_peaks(outputs["offset"].float(), ys, xs)
     boxes = _boxes_from_centres(
         centres[..., 0], centres[..., 1], gather_peaks(outputs["size"].float(), ys, xs)
@@ -157,7 +160,7 @@ def nms_keep(
 
 def decode_detections(
     outputs: dict[str, Tensor],
-    stride: int,
+    geometry: CellGeometry,
     max_detections: int = 100,
     score_threshold: float = 0.01,
     iou_threshold: float = 0.6,
@@ -170,7 +173,7 @@ def decode_detections(
 
     Args:
         outputs: raw head outputs (``heatmap`` logits, ``size``, ``offset``).
-        stride: input pixels per cell.
+        geometry: where the maps' cells sit.
         max_detections: peaks considered per image.
         score_threshold: drop detections scoring below this.
         iou_threshold: IoU above which box NMS suppresses a detection.
@@ -179,7 +182,7 @@ def decode_detections(
     Returns:
         One dict per image with ``boxes`` ``[N, 4]`` (xyxy pixels), ``scores`` and ``labels``.
     """
-    dec = decode_centres(outputs, stride, max_detections)
+    dec = decode_centres(outputs, geometry, max_detections)
     if image_size is not None:
         h, w = image_size
         dec["boxes"][..., 0::2] = dec["boxes"][..., 0::2].clamp(0, w)

@@ -1,14 +1,23 @@
 """Target encoding for dense heads: Gaussian heatmaps, size, offset and keypoint targets.
 
-Coordinate convention, shared with decoding: cell ``j`` of a map with stride ``s`` is anchored at
-input pixel ``j * s``. For a timm CNN with "same" padding that is where the cell's receptive field
-is centred, and it is the convention under which a dense map (stride ``s / k``) sampled every ``k``
-cells lands on the original lattice, so one set of weights means the same thing at both strides.
-Regression targets are therefore in input pixels (or log pixels), never in cells.
+Cells and pixels follow one :class:`~dense_lightning.equivalent.cells.CellGeometry`: cell ``j``
+sits at pixel ``o + s * j``, with ``o`` shared by the dense and the original network, so one
+set of weights means the same thing at both strides. Boxes and keypoints are continuous image
+coordinates (pixel ``p`` covers ``[p, p + 1)``); regression targets are in those pixels (or log
+pixels), never in cells.
+
+Size and offset are regressed at every cell within ``reach`` pixels (per axis) of an object's
+centre, not only at its peak cell. A dense model trained with ``reach`` half the original stride
+teaches every cell of the original lattice near the object what the exported model must predict
+there, and it still trains all ``k x k`` dense cells around the centre.
 """
+
+from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from dense_lightning.equivalent.cells import CellGeometry
 
 __all__ = [
     "draw_gaussians",
@@ -111,30 +120,59 @@ def draw_gaussians(
     return heatmap, positive
 
 
-def _instance_geometry(boxes: Tensor, stride: int, map_size: tuple[int, int]) -> dict[str, Tensor]:
-    """Centre cell, anchor offset, log size and Gaussian sigma of each box (boxes in pixels)."""
-    h, w = map_size
-    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-    sizes = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)
-    cells = centers / stride
-    xs = cells[:, 0].round().long().clamp(0, w - 1)
-    ys = cells[:, 1].round().long().clamp(0, h - 1)
-    anchors = torch.stack([xs, ys], dim=1).to(boxes.dtype) * stride
-    radius = gaussian_radius(sizes[:, 1] / stride, sizes[:, 0] / stride)
-    return {
-        "cells": cells,
-        "xs": xs,
-        "ys": ys,
-        "offset": centers - anchors,
-        "size": sizes.log(),
-        "sigma": (2 * radius + 1) / 6,
-        "anchors": anchors,
-    }
-
-
 def _valid_boxes(boxes: Tensor) -> Tensor:
     """Mask of boxes with positive width and height."""
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def _cell_points(geometry: CellGeometry, map_size: tuple[int, int], device: torch.device) -> Tensor:
+    """``[h, w, 2]`` image coordinates ``(x, y)`` of every cell of a map."""
+    h, w = map_size
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return geometry.cells_to_points(torch.stack([xs, ys], dim=-1))
+
+
+def _regression_cells(
+    centres: Tensor, points: Tensor, peaks: list[tuple[Tensor, Tensor]], reach: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cells that regress each instance: within ``reach`` of its centre, or one of its peaks.
+
+    A cell near several centres regresses the nearest one, so every cell has one target.
+
+    Args:
+        centres: ``[N, 2]`` object centres ``(x, y)``.
+        points: ``[h, w, 2]`` cell positions.
+        peaks: ``(xs, ys)`` pairs of cells that must regress each instance (its peak cell on
+            this map and on the original lattice).
+        reach: half-width in pixels of the square around a centre.
+
+    Returns:
+        ``ys``, ``xs`` and ``instance`` (index into ``centres``) of every regression cell.
+    """
+    h, w, _ = points.shape
+    diff = points.view(1, h, w, 2) - centres.view(-1, 1, 1, 2)  # [N, h, w, 2]
+    near = (diff.abs() <= reach).all(dim=-1)
+    for xs, ys in peaks:
+        near[torch.arange(len(centres)), ys, xs] = True
+    dist = torch.where(near, diff.norm(dim=-1), torch.inf)
+    best = dist.argmin(dim=0)  # [h, w]
+    owned = near.gather(0, best.unsqueeze(0)).squeeze(0)
+    ys, xs = owned.nonzero(as_tuple=True)
+    return ys, xs, best[ys, xs]
+
+
+def _lattice_peaks(
+    centres: Tensor, geometry: CellGeometry, map_size: tuple[int, int], lattice: int
+) -> tuple[Tensor, Tensor]:
+    """``(xs, ys)`` on this map of the original lattice's cell nearest to each centre."""
+    h, w = map_size
+    coarse = geometry.with_stride((geometry.stride[0] * lattice, geometry.stride[1] * lattice))
+    xs, ys = coarse.nearest_cells(centres, ((h - 1) // lattice + 1, (w - 1) // lattice + 1))
+    return xs * lattice, ys * lattice
 
 
 def encode_detection_targets(
@@ -142,35 +180,65 @@ def encode_detection_targets(
     labels: list[Tensor],
     num_classes: int,
     map_size: tuple[int, int],
-    stride: int,
+    geometry: CellGeometry,
+    reach: float | None = None,
+    lattice: int = 1,
 ) -> dict[str, Tensor]:
-    """Encode boxes as CenterNet targets for a map of ``map_size`` cells at ``stride``.
+    """Encode boxes as CenterNet targets for a map of ``map_size`` cells with ``geometry``.
 
     Args:
-        boxes: per image ``[N, 4]`` boxes, ``xyxy`` in input pixels.
+        boxes: per image ``[N, 4]`` boxes, ``xyxy`` in image coordinates.
         labels: per image ``[N]`` int64 class indices.
         num_classes: number of heatmap channels.
         map_size: ``(h, w)`` of the head's output.
-        stride: input pixels per cell (see :func:`infer_stride`).
+        geometry: where the map's cells sit (its stride is the map's stride).
+        reach: cells within this many pixels of a centre (per axis) regress its size and
+            offset; ``None`` regresses at the peak cell only. Half the original stride makes
+            the original lattice learn what the exported model needs.
+        lattice: ``k``, the original network's map is every ``k``-th cell of this one. The
+            original lattice's cell nearest to each centre (clamped to the map, so possibly
+            beyond ``reach`` at the border) regresses it too: the exported model decodes the
+            object from that cell.
 
     Returns:
-        ``heatmap`` ``[B, C, h, w]``, ``positive`` mask of the same shape, and per instance
-        (flattened over the batch) ``batch``, ``ys``, ``xs`` cell indices, ``size`` (log pixels)
-        and ``offset`` (pixels from the anchor ``(x * stride, y * stride)``) targets.
+        ``heatmap`` ``[B, C, h, w]``, ``positive`` mask of the same shape, and per regression
+        cell (flattened over the batch) ``batch``, ``ys``, ``xs``, ``instance`` (index into the
+        batch's valid boxes, in order), ``size`` (log pixels) and ``offset`` (pixels from the
+        cell's position to the centre) targets.
     """
     device = boxes[0].device if boxes else torch.device("cpu")
     heatmap = torch.zeros(len(boxes), num_classes, *map_size, device=device)
     positive = torch.zeros_like(heatmap, dtype=torch.bool)
-    rows: dict[str, list[Tensor]] = {k: [] for k in ("batch", "ys", "xs", "size", "offset")}
+    points = _cell_points(geometry, map_size, device)
+    rows: dict[str, list[Tensor]] = {k: [] for k in ("batch", "ys", "xs", "instance")}
+    rows.update(size=[], offset=[])
+    seen = 0
     for i, (img_boxes, img_labels) in enumerate(zip(boxes, labels, strict=True)):
         keep = _valid_boxes(img_boxes)
         img_boxes, img_labels = img_boxes[keep].float(), img_labels[keep].long()
-        geo = _instance_geometry(img_boxes, stride, map_size)
-        _, positive[i] = draw_gaussians(heatmap[i], geo["cells"], geo["sigma"], img_labels)
-        rows["batch"].append(torch.full_like(img_labels, i))
-        for key in ("ys", "xs", "size", "offset"):
-            rows[key].append(geo[key])
+        centres = (img_boxes[:, :2] + img_boxes[:, 2:]) / 2
+        sizes = (img_boxes[:, 2:] - img_boxes[:, :2]).clamp(min=1.0)
+        stride_y, stride_x = geometry.stride
+        radius = gaussian_radius(sizes[:, 1] / stride_y, sizes[:, 0] / stride_x)
+        cells = geometry.points_to_cells(centres)
+        _, positive[i] = draw_gaussians(heatmap[i], cells, (2 * radius + 1) / 6, img_labels)
+        if len(centres):
+            peaks = [
+                geometry.nearest_cells(centres, map_size),
+                _lattice_peaks(centres, geometry, map_size, lattice),
+            ]
+            half = 0.0 if reach is None else reach
+            ys, xs, inst = _regression_cells(centres, points, peaks, half)
+            rows["batch"].append(torch.full_like(ys, i))
+            rows["ys"].append(ys)
+            rows["xs"].append(xs)
+            rows["instance"].append(inst + seen)
+            rows["size"].append(sizes[inst].log())
+            rows["offset"].append(centres[inst] - points[ys, xs])
+        seen += len(centres)
     out = {key: _cat(parts, device) for key, parts in rows.items()}
+    for key in ("batch", "ys", "xs", "instance"):
+        out[key] = out[key].long()
     out["size"] = out["size"].reshape(-1, 2).float()
     out["offset"] = out["offset"].reshape(-1, 2).float()
     return {"heatmap": heatmap, "positive": positive, **out}
@@ -180,51 +248,59 @@ def encode_keypoint_targets(
     boxes: list[Tensor],
     keypoints: list[Tensor],
     map_size: tuple[int, int],
-    stride: int,
+    geometry: CellGeometry,
+    centres: dict[str, Tensor],
 ) -> dict[str, Tensor]:
-    """Encode per-instance keypoints as heatmaps and centre displacements.
+    """Encode per-instance keypoints as heatmaps and displacements from the regression cells.
 
     Keypoints with visibility 0 (not labelled, COCO) or outside the map get no Gaussian and are
     masked out of the displacement loss. Each keypoint's Gaussian uses its instance's box radius,
     so the target scales with the object and not with the stride.
 
     Args:
-        boxes: per image ``[N, 4]`` boxes, ``xyxy`` in input pixels.
-        keypoints: per image ``[N, K, 3]`` ``(x, y, visibility)`` in input pixels.
+        boxes: per image ``[N, 4]`` boxes, ``xyxy`` in image coordinates.
+        keypoints: per image ``[N, K, 3]`` ``(x, y, visibility)`` in image coordinates.
         map_size: ``(h, w)`` of the head's output.
-        stride: input pixels per cell.
+        geometry: where the map's cells sit.
+        centres: :func:`encode_detection_targets` of the same boxes: its regression cells
+            also regress the keypoints.
 
     Returns:
-        ``keypoint_heatmap`` ``[B, K, h, w]``, ``keypoint_positive`` mask, and per instance (in
-        the same order as :func:`encode_detection_targets`) ``displacement`` ``[M, K, 2]`` pixels
-        from the instance anchor and ``keypoint_mask`` ``[M, K]``.
+        ``keypoint_heatmap`` ``[B, K, h, w]``, ``keypoint_positive`` mask, and per regression
+        cell of ``centres`` ``displacement`` ``[M, K, 2]`` (pixels from the cell's position)
+        and ``keypoint_mask`` ``[M, K]``.
     """
     num_kpts = keypoints[0].shape[1] if keypoints else 0
     device = boxes[0].device if boxes else torch.device("cpu")
     heatmap = torch.zeros(len(boxes), num_kpts, *map_size, device=device)
     positive = torch.zeros_like(heatmap, dtype=torch.bool)
-    disp, mask = [], []
     h, w = map_size
+    kept, labelled_all = [], []
     for i, (img_boxes, img_kpts) in enumerate(zip(boxes, keypoints, strict=True)):
-        keep = _valid_boxes(img_boxes)
-        img_boxes, img_kpts = img_boxes[keep].float(), img_kpts[keep].float()
-        geo = _instance_geometry(img_boxes, stride, map_size)
-        cells = img_kpts[..., :2] / stride
+        img_kpts = img_kpts[_valid_boxes(img_boxes)].float()
+        cells = geometry.points_to_cells(img_kpts[..., :2])
         inside = (cells[..., 0] > -0.5) & (cells[..., 0] < w - 0.5)
         inside &= (cells[..., 1] > -0.5) & (cells[..., 1] < h - 0.5)
         labelled = (img_kpts[..., 2] > 0) & inside
-        sigma = geo["sigma"].unsqueeze(1).expand_as(labelled)
+        img_boxes = img_boxes[_valid_boxes(img_boxes)].float()
+        sizes = (img_boxes[:, 2:] - img_boxes[:, :2]).clamp(min=1.0)
+        radius = gaussian_radius(sizes[:, 1] / geometry.stride[0], sizes[:, 0] / geometry.stride[1])
+        sigma = ((2 * radius + 1) / 6).unsqueeze(1).expand_as(labelled)
         kpt_ids = torch.arange(num_kpts, device=device).expand_as(labelled)
         _, positive[i] = draw_gaussians(
             heatmap[i], cells[labelled], sigma[labelled], kpt_ids[labelled]
         )
-        disp.append(img_kpts[..., :2] - geo["anchors"].unsqueeze(1))
-        mask.append(labelled)
+        kept.append(img_kpts[..., :2])
+        labelled_all.append(labelled)
+    flat = _cat(kept, device).reshape(-1, num_kpts, 2)
+    mask = _cat(labelled_all, device).reshape(-1, num_kpts).bool()
+    points = _cell_points(geometry, map_size, device)[centres["ys"], centres["xs"]]
+    instance = centres["instance"]
     return {
         "keypoint_heatmap": heatmap,
         "keypoint_positive": positive,
-        "displacement": _cat(disp, device).reshape(-1, num_kpts, 2).float(),
-        "keypoint_mask": _cat(mask, device).reshape(-1, num_kpts),
+        "displacement": (flat[instance] - points.unsqueeze(1)).float(),
+        "keypoint_mask": mask[instance],
     }
 
 

@@ -9,6 +9,7 @@ the decoding of CenterNet's multi-person pose model (Zhou et al., 2019).
 import torch
 from torch import Tensor
 
+from dense_lightning.equivalent.cells import CellGeometry
 from dense_lightning.ops.decoding import (
     RefineMethod,
     decode_centres,
@@ -26,13 +27,13 @@ _SNAP_DISTANCE = 0.3
 
 
 def _heatmap_candidates(
-    heat: Tensor, stride: int, max_candidates: int, refine: RefineMethod
+    heat: Tensor, geometry: CellGeometry, max_candidates: int, refine: RefineMethod
 ) -> tuple[Tensor, Tensor]:
     """Refined peaks per keypoint channel: positions ``[B, K, m, 2]``, scores ``[B, K, m]``."""
     peaks = topk_peaks(heatmap_nms(heat), max_candidates, per_channel=True)
     dx, dy = refine_peaks(heat, peaks["channels"], peaks["ys"], peaks["xs"], refine)
-    xy = torch.stack([peaks["xs"] + dx, peaks["ys"] + dy], dim=-1) * stride
-    return xy, peaks["scores"]
+    cells = torch.stack([peaks["xs"] + dx, peaks["ys"] + dy], dim=-1)
+    return geometry.cells_to_points(cells), peaks["scores"]
 
 
 def _snap(
@@ -66,11 +67,10 @@ def _snap(
     return xy, torch.where(found, scores, torch.zeros_like(scores))
 
 
-def _score_at(heat: Tensor, xy: Tensor, stride: int) -> Tensor:
+def _score_at(heat: Tensor, xy: Tensor, geometry: CellGeometry) -> Tensor:
     """Heatmap score ``[B, N, K]`` at the cells nearest to keypoints ``xy`` (``[B, N, K, 2]``)."""
     b, k, h, w = heat.shape
-    xs = (xy[..., 0] / stride).round().long().clamp(0, w - 1)
-    ys = (xy[..., 1] / stride).round().long().clamp(0, h - 1)
+    xs, ys = geometry.nearest_cells(xy, (h, w))
     batch = torch.arange(b, device=heat.device).view(-1, 1, 1)
     kpt = torch.arange(k, device=heat.device).view(1, 1, -1)
     return heat[batch, kpt, ys, xs]
@@ -78,7 +78,7 @@ def _score_at(heat: Tensor, xy: Tensor, stride: int) -> Tensor:
 
 def decode_keypoints(
     outputs: dict[str, Tensor],
-    stride: int,
+    geometry: CellGeometry,
     max_detections: int = 20,
     score_threshold: float = 0.01,
     iou_threshold: float = 0.6,
@@ -90,7 +90,7 @@ def decode_keypoints(
     Args:
         outputs: raw head outputs: ``heatmap``/``size``/``offset`` for instance centres,
             ``keypoint_heatmap`` ``[B, K, h, w]`` logits and ``displacement`` ``[B, 2K, h, w]``.
-        stride: input pixels per cell.
+        geometry: where the maps' cells sit.
         max_detections: centres considered per image.
         score_threshold: drop instances whose centre scores below this.
         iou_threshold: box NMS threshold between instances.
@@ -99,17 +99,17 @@ def decode_keypoints(
 
     Returns:
         One dict per image: ``boxes`` ``[N, 4]``, ``scores``, ``labels`` and ``keypoints``
-        ``[N, K, 3]`` as ``(x, y, score)`` in input pixels.
+        ``[N, K, 3]`` as ``(x, y, score)`` in image coordinates.
     """
-    dec = decode_centres(outputs, stride, max_detections)
+    dec = decode_centres(outputs, geometry, max_detections)
     heat = outputs["keypoint_heatmap"].float().sigmoid()
     b, k = dec["scores"].shape
     num_kpts = heat.shape[1]
     disp = gather_peaks(outputs["displacement"].float(), dec["ys"], dec["xs"])
     regressed = dec["anchors"].unsqueeze(2) + disp.view(b, k, num_kpts, 2)
-    cand_xy, cand_scores = _heatmap_candidates(heat, stride, max_detections, refine)
+    cand_xy, cand_scores = _heatmap_candidates(heat, geometry, max_detections, refine)
     xy, snapped_scores = _snap(regressed, cand_xy, cand_scores, dec["boxes"], keypoint_threshold)
-    kpt_scores = torch.maximum(snapped_scores, _score_at(heat, xy, stride))
+    kpt_scores = torch.maximum(snapped_scores, _score_at(heat, xy, geometry))
     keypoints = torch.cat([xy, kpt_scores.unsqueeze(-1)], dim=-1)
     results = []
     for i in range(b):

@@ -1,33 +1,42 @@
-"""BaseTask: hyperparameters, dense conversion, optimisation and the one shared step."""
+"""BaseTask: hyperparameters, dense conversion, cell geometry, optimisation and the one step."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from dense_lightning.equivalent import check_output_stride
+from dense_lightning.equivalent.cells import CellGeometry, cell_geometry, eval_mode
+from dense_lightning.errors import ConfigurationError
 from dense_lightning.models import (
     DENSE_STATE_KEY,
+    BackboneWithHead,
     apply_dense_state,
     check_backbone_name,
+    create_backbone,
     dense_state,
     make_dense,
     timm_state_dict,
 )
+from dense_lightning.ops import infer_stride
 
-__all__ = ["BaseTask"]
+__all__ = ["BaseTask", "OptimizerName", "SchedulerName", "Stage"]
 
 Stage = Literal["train", "val", "test"]
-_STAGES: tuple[Stage, ...] = ("train", "val", "test")
+OptimizerName = Literal["adamw", "adam", "sgd"]
+SchedulerName = Literal["cosine", "poly", "step", "none"]
 # Step schedule: the learning rate drops 10x at these fractions of training.
 _STEP_MILESTONES = (0.6, 0.85)
 
@@ -35,11 +44,18 @@ _STEP_MILESTONES = (0.6, 0.85)
 class BaseTask(LightningModule, ABC):
     """Base of every task: a convertible ``self.model`` plus everything global around it.
 
-    Subclasses build ``self.model`` (an ``nn.Module`` of local layers whose forward returns the
-    raw head output at feature resolution) in :meth:`configure_models`, and define the loss,
-    the metrics and how a batch is turned into outputs. With ``output_stride`` set, the task
-    converts ``self.model`` with ``to_dense`` right after building it; checkpoints record the
-    structure they were saved with and :meth:`on_load_checkpoint` restores it.
+    ``self.model`` is a timm backbone and the head that :meth:`build_head` returns, made of
+    local layers whose forward returns the raw head output at feature resolution. With
+    ``output_stride`` set, the task converts it with ``to_dense`` right after building it;
+    checkpoints record the structure they were saved with and :meth:`on_load_checkpoint`
+    restores it (and converts it when ``validate``/``test``/``predict`` asks for another
+    output stride: the weights are the same network at every stride).
+
+    A subclass says what it is through class attributes (``monitor``, ``mode``,
+    ``loss_names``, ``data_checks``) and a few methods: :meth:`build_head`,
+    :meth:`configure_losses`, :meth:`make_metrics`, :meth:`loss_terms`,
+    :meth:`update_metrics`, and optionally :meth:`run` (what happens outside the network).
+    The train, validation and test step is written once, here.
 
     Args:
         backbone: timm model name, e.g. ``"resnet18"``.
@@ -61,6 +77,14 @@ class BaseTask(LightningModule, ABC):
     monitor: str = "val_loss"
     #: Whether ``monitor`` should be minimised or maximised.
     mode: Literal["min", "max"] = "min"
+    #: Names of the loss terms :meth:`loss_terms` returns. Each is weighted by the
+    #: hyperparameter ``{name}_weight`` when the task has one; with several terms each is
+    #: also logged as ``{stage}_loss_{name}``.
+    loss_names: ClassVar[tuple[str, ...]] = ("loss",)
+    #: Hyperparameters the DataModule must agree on (checked in ``setup``, before step 0).
+    data_checks: ClassVar[tuple[str, ...]] = ()
+    #: Whether training steps update the metrics (off where decoding costs more than a step).
+    train_metrics_enabled: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -69,17 +93,18 @@ class BaseTask(LightningModule, ABC):
         checkpoint_path: str | None = None,
         output_stride: int | None = None,
         strict_equivalence: bool = True,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: Literal["cosine", "poly", "step", "none"] = "cosine",
+        scheduler: SchedulerName = "cosine",
         warmup_steps: int = 0,
         freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model: nn.Module
+        self._cells: CellGeometry | None = None
         # Fail on a bad argument here, before a model is built or a trainer starts.
         self.check_hparams()
         self.configure_models()
@@ -90,9 +115,12 @@ class BaseTask(LightningModule, ABC):
         self.configure_losses()
         self.configure_metrics()
 
+    # ----------------------------------------------------------------------------- arguments
+
     def check_hparams(self) -> None:
         """Raise ``ValueError`` naming any bad hyperparameter; subclasses extend it."""
         hp = self.hparams
+        self._check_literals()
         check_backbone_name(hp.backbone)
         if hp.output_stride is not None:
             check_output_stride(hp.output_stride)
@@ -101,10 +129,84 @@ class BaseTask(LightningModule, ABC):
                 f"Need lr > 0, weight_decay >= 0 and warmup_steps >= 0; got lr={hp.lr}, "
                 f"weight_decay={hp.weight_decay}, warmup_steps={hp.warmup_steps}."
             )
+        weights = {name: hp[f"{name}_weight"] for name in self.loss_names if f"{name}_weight" in hp}
+        if weights and min(weights.values()) < 0:
+            raise ValueError(f"Loss weights must be >= 0, got {weights}.")
+
+    def _check_literals(self) -> None:
+        """Check every ``Literal``-typed argument of the task's ``__init__`` chain.
+
+        The CLI checks them while parsing; this gives Python callers the same error.
+        """
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None or cls is LightningModule:
+                continue
+            hints = get_type_hints(init)
+            for name in inspect.signature(init).parameters:
+                hint = hints.get(name)
+                if get_origin(hint) is not Literal or name not in self.hparams:
+                    continue
+                allowed = get_args(hint)
+                if self.hparams[name] not in allowed:
+                    raise ValueError(
+                        f"Unknown {name} {self.hparams[name]!r}; choose one of "
+                        f"{', '.join(map(repr, allowed))}."
+                    )
+
+    # -------------------------------------------------------------------------------- model
 
     @abstractmethod
+    def build_head(self, in_channels: int) -> nn.Module:
+        """The task's head, reading the deepest feature map (``in_channels`` channels)."""
+
     def configure_models(self) -> None:
-        """Build ``self.model`` with the original (strided) structure."""
+        """Build ``self.model`` (backbone + :meth:`build_head`) with the original structure."""
+        hp = self.hparams
+        backbone = create_backbone(
+            hp.backbone, pretrained=hp.pretrained, checkpoint_path=hp.checkpoint_path
+        )
+        self.model = BackboneWithHead(
+            backbone, self.build_head(backbone.feature_info.channels()[-1])
+        )
+
+    @property
+    def backbone_module(self) -> nn.Module:
+        """The backbone inside ``self.model``."""
+        return self.model.backbone
+
+    def timm_backbone_state_dict(
+        self, network: nn.Module | None = None
+    ) -> tuple[dict[str, Tensor], list[str]]:
+        """Backbone weights of ``network`` (default ``self.model``) under plain timm names.
+
+        Returns the state dict and the timm keys it lacks (head layers).
+        """
+        network = self.model if network is None else network
+        return timm_state_dict(network.backbone, self.hparams.backbone)
+
+    @property
+    def cells(self) -> CellGeometry:
+        """Where the cells of ``self.model``'s output sit, traced once.
+
+        The offset is the same for the dense and the original network; only the stride
+        changes, and :meth:`geometry` reads it off each output.
+        """
+        if self._cells is None:
+            self._cells = cell_geometry(self.model)
+        return self._cells
+
+    def geometry(self, images: Tensor, maps: Tensor) -> CellGeometry:
+        """The geometry of ``maps``, a network's output for ``images`` (dense or original)."""
+        stride = infer_stride(tuple(images.shape[-2:]), tuple(maps.shape[-2:]))
+        return self.cells.with_stride(stride)
+
+    def original_stride(self) -> int:
+        """The stride of the original network (what an export runs at)."""
+        state = dense_state(self.model)
+        return int(state["original_stride"]) if state else self.cells.stride[0]
+
+    # ------------------------------------------------------------------------ loss, metrics
 
     @abstractmethod
     def configure_losses(self) -> None:
@@ -115,8 +217,8 @@ class BaseTask(LightningModule, ABC):
         """Build a fresh, unprefixed metric collection; ``kwargs`` go to every metric."""
 
     @abstractmethod
-    def compute_loss(self, outputs: Any, batch: dict[str, Any]) -> Tensor:
-        """Loss of ``outputs`` (from :meth:`forward`) against ``batch``'s targets."""
+    def loss_terms(self, outputs: Any, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Unweighted loss terms of ``outputs`` (from :meth:`forward`), keyed by ``loss_names``."""
 
     @abstractmethod
     def update_metrics(
@@ -127,32 +229,59 @@ class BaseTask(LightningModule, ABC):
     def configure_metrics(self) -> None:
         """Create ``train_metrics``, ``val_metrics`` and ``test_metrics`` with their prefixes."""
         metrics = self.make_metrics()
-        for stage in _STAGES:
+        for stage in get_args(Stage):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}_"))
 
-    @property
-    def backbone_module(self) -> nn.Module:
-        """The backbone inside ``self.model``."""
-        return self.model.backbone
+    def compute_loss(self, outputs: Any, batch: dict[str, Any]) -> Tensor:
+        """The training loss: :meth:`loss_terms` weighted by their ``*_weight`` hparams."""
+        return self.weighted_loss(self.loss_terms(outputs, batch))
 
-    def timm_backbone_state_dict(self) -> tuple[dict[str, Tensor], list[str]]:
-        """Backbone weights under plain timm names and the timm keys they lack (head layers)."""
-        return timm_state_dict(self.backbone_module, self.hparams.backbone)
+    def weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        """Sum of ``terms``, each times its ``{name}_weight`` hyperparameter (default 1)."""
+        hp = self.hparams
+        return sum(hp.get(f"{name}_weight", 1.0) * value for name, value in terms.items())
+
+    # -------------------------------------------------------------------------------- steps
+
+    def run(self, network: nn.Module, images: Tensor) -> Any:
+        """Outputs of ``network`` for ``images``, including what happens outside the network.
+
+        Subclasses override it (segmentation upsamples logits here) so that :meth:`forward`
+        and :meth:`evaluate` treat any network, dense or exported, the same way.
+        """
+        return network(images)
+
+    @override
+    def forward(self, images: Tensor) -> Any:
+        """:meth:`run` with ``self.model``."""
+        return self.run(self.model, images)
 
     def _shared_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
         """The train, validation and test step: forward, loss, metrics, logging."""
         images = batch["image"]
         outputs = self(images)
-        loss = self.compute_loss(outputs, batch)
-        metrics = getattr(self, f"{stage}_metrics")
-        self.update_metrics(metrics, outputs, batch)
+        terms = self.loss_terms(outputs, batch)
+        loss = self.weighted_loss(terms)
         # Epoch values are means over all ranks (a scalar all-reduce per step is cheap);
         # training also logs per step.
         on_step = stage == "train"
-        kwargs = {"batch_size": images.shape[0], "sync_dist": True}
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, **kwargs)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", **kwargs)
+        kwargs = {"batch_size": images.shape[0], "sync_dist": True, "on_epoch": True}
+        self.log(f"{stage}_loss", loss, on_step=on_step, prog_bar=True, **kwargs)
+        if len(terms) > 1:
+            detached = {f"{stage}_loss_{name}": value.detach() for name, value in terms.items()}
+            self.log_dict(detached, on_step=on_step, **kwargs)
+        if stage != "train" or self.train_metrics_enabled:
+            self.update_metrics(getattr(self, f"{stage}_metrics"), _detach(outputs), batch)
         return loss
+
+    def _log_epoch_metrics(self, stage: Stage) -> None:
+        """Compute (synced over ranks by torchmetrics), log and reset a stage's metrics."""
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        if any(metric.update_called for metric in metrics.values()):
+            values = {name: value.to(self.device) for name, value in metrics.compute().items()}
+            # compute() already gathered every rank's instances: the values agree on all ranks.
+            self.log_dict(values, prog_bar=stage != "train", sync_dist=True)
+        metrics.reset()
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -166,6 +295,22 @@ class BaseTask(LightningModule, ABC):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    @override
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    @override
+    def setup(self, stage: str) -> None:
+        self.check_data(getattr(self._trainer, "datamodule", None), self.data_checks)
+
     def check_data(self, datamodule: Any, names: tuple[str, ...]) -> None:
         """Raise ``ValueError`` when ``datamodule`` disagrees with the task on ``names``.
 
@@ -176,7 +321,7 @@ class BaseTask(LightningModule, ABC):
             ours = self.hparams[name]
             theirs = getattr(datamodule, name, ours)
             if theirs != ours:
-                raise ValueError(
+                raise ConfigurationError(
                     f"The data has {name}={theirs} but the task was built with {name}={ours}; "
                     f"set model.init_args.{name}={theirs}."
                 )
@@ -191,30 +336,26 @@ class BaseTask(LightningModule, ABC):
         """Metrics of ``network`` (default ``self.model``) over ``dataloader``, in eval mode.
 
         Runs outside the trainer and without cross-process sync, so one rank can call it
-        (used to score the exported model next to the dense one).
+        (used to score the exported model next to the dense one). ``network`` is run through
+        :meth:`run`, never assigned to the task.
 
         Args:
             dataloader: batches in the task's format.
-            network: a network with ``self.model``'s interface; swapped in while evaluating.
+            network: a network with ``self.model``'s interface (e.g. the exported one).
             max_batches: stop after this many batches.
 
         Returns:
             Unprefixed metric values.
         """
+        network = self.model if network is None else network
         metrics = self.make_metrics(sync_on_compute=False).to(self.device)
-        saved, was_training = self.model, self.training
-        self.model = network if network is not None else saved
-        self.eval()
-        try:
+        with eval_mode(self, network):
             for i, batch in enumerate(dataloader):
                 if max_batches is not None and i >= max_batches:
                     break
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
-                self.update_metrics(metrics, self(batch["image"]), batch)
-            return {name: float(value) for name, value in metrics.compute().items()}
-        finally:
-            self.model = saved
-            self.train(was_training)
+                self.update_metrics(metrics, self.run(network, batch["image"]), batch)
+        return {name: float(value) for name, value in metrics.compute().items()}
 
     @override
     def train(self, mode: bool = True) -> BaseTask:
@@ -224,16 +365,20 @@ class BaseTask(LightningModule, ABC):
             self.backbone_module.eval()
         return self
 
+    # ---------------------------------------------------------------------------- checkpoints
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.setdefault(DENSE_STATE_KEY, {})["model"] = dense_state(self.model)
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
-        if isinstance(hparams, dict) and (
-            hparams.get("pretrained") or hparams.get("checkpoint_path")
-        ):
-            # The checkpoint holds the trained weights: reloading it must not download or read
-            # the starting weights again (offline machines, files moved or deleted).
-            hparams = {**hparams, "pretrained": False, "checkpoint_path": None}
+        if isinstance(hparams, dict):
+            # The structure is recorded above. Left in the hyperparameters, output_stride would
+            # be put back by LightningCLI over the command line's, and `validate
+            # --model.init_args.output_stride 4 --ckpt_path ...` would silently use the
+            # checkpoint's. The checkpoint holds the trained weights: reloading it must not
+            # download or read the starting weights again (offline machines, moved files).
+            hparams = {k: v for k, v in hparams.items() if k != "output_stride"}
+            hparams.update(pretrained=False, checkpoint_path=None)
             checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
 
     @override
@@ -241,8 +386,38 @@ class BaseTask(LightningModule, ABC):
         states = checkpoint.get(DENSE_STATE_KEY)
         # A checkpoint without the entry predates it or comes from elsewhere: keep the
         # structure the hyperparameters gave.
-        if states is not None and "model" in states:
-            self.model = apply_dense_state(self.model, states["model"])
+        if states is None or "model" not in states:
+            return
+        saved = states["model"]
+        saved_stride = None if saved is None else int(saved["output_stride"])
+        wanted = self.hparams.output_stride
+        self.model = apply_dense_state(self.model, saved)
+        if wanted == saved_stride:
+            return
+        fn = getattr(getattr(self._trainer, "state", None), "fn", None)
+        if fn is None:
+            # load_from_checkpoint gives the structure that was saved.
+            self.hparams.output_stride = saved_stride
+            return
+        if fn == TrainerFn.FITTING:
+            raise ConfigurationError(
+                f"The checkpoint was trained at output_stride={saved_stride} but fit resumes at "
+                f"output_stride={wanted}; resuming must keep the stride. Resume with "
+                f"--model.init_args.output_stride {saved_stride}, or start a new fit from its "
+                "weights (they are the same network at every stride: "
+                "dense_lightning.models.make_dense(Task.load_from_checkpoint(path).model, "
+                "stride) converts them)."
+            )
+        rank_zero_info(
+            f"Checkpoint trained at output_stride={saved_stride}; running {fn.value} at "
+            f"output_stride={wanted} (same weights, exactly the same network)."
+        )
+        if wanted is None:
+            self.model = apply_dense_state(self.model, None)
+        else:
+            self.model = make_dense(self.model, wanted, strict=self.hparams.strict_equivalence)
+
+    # ------------------------------------------------------------------------------ optimiser
 
     @override
     def configure_optimizers(self) -> OptimizerLRScheduler:
@@ -264,6 +439,13 @@ class BaseTask(LightningModule, ABC):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _detach(outputs: Any) -> Any:
+    """``outputs`` (a tensor or a dict of tensors) without their graphs."""
+    if isinstance(outputs, dict):
+        return {name: value.detach() for name, value in outputs.items()}
+    return outputs.detach() if isinstance(outputs, Tensor) else outputs
 
 
 def _lr_factor(kind: str, step: int, total: int, warmup: int) -> float:

@@ -6,35 +6,40 @@ would put a non-local step inside the network. CenterNet's pose model stays one 
 network, so the dense conversion covers all of it, and one pass gives every instance.
 """
 
-from typing import Any, Literal
+from __future__ import annotations
 
-from torch import Tensor
+from typing import Any, Literal, get_args
+
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from dense_lightning.metrics import PCK, KeypointAP, keypoint_sigmas
-from dense_lightning.models import BackboneWithHead, create_backbone
 from dense_lightning.models.heads.heatmap import PoseHead
 from dense_lightning.ops import (
+    BOX_TERMS,
+    POSE_TERMS,
+    box_loss_terms,
     decode_keypoints,
     encode_keypoint_targets,
-    gather_cells,
-    heatmap_focal_loss,
-    masked_l1_loss,
+    pose_loss_terms,
 )
-from dense_lightning.tasks.detection import ObjectDetectionTask
+from dense_lightning.ops.decoding import RefineMethod
+from dense_lightning.tasks.centernet import CenterNetTask
 
-__all__ = ["KEYPOINT_HEADS", "KeypointEstimationTask"]
+__all__ = ["KEYPOINT_HEADS", "KeypointEstimationTask", "KeypointHeadName"]
 
-KEYPOINT_HEADS: tuple[str, ...] = ("centernet",)
+KeypointHeadName = Literal["centernet"]
+KEYPOINT_HEADS: tuple[str, ...] = get_args(KeypointHeadName)
 
 
-class KeypointEstimationTask(ObjectDetectionTask):
+class KeypointEstimationTask(CenterNetTask):
     """Keypoints of every instance, trained dense or at the backbone's native stride.
 
     ``self.model`` is backbone + :class:`~dense_lightning.models.heads.PoseHead`: the
-    :class:`ObjectDetectionTask` maps for instance centres plus one heatmap per keypoint and
-    each keypoint's displacement (pixels) from its instance centre. Decoding regresses the
+    CenterNet maps for instance centres (as in :class:`ObjectDetectionTask`) plus one heatmap
+    per keypoint and each keypoint's displacement (pixels) from the cell's position, regressed
+    at the same cells as the box offsets. Decoding regresses the
     keypoints of each detected centre and snaps each to the nearest confident heatmap peak in
     the instance's box, refined to a sub-cell (``refine``). Unlabelled keypoints (visibility 0)
     get no heatmap target and no displacement loss; visibility 1 (labelled, occluded) and 2
@@ -50,47 +55,50 @@ class KeypointEstimationTask(ObjectDetectionTask):
         num_classes: instance classes (1: people).
         head: the dense head; only ``"centernet"`` (CenterNet pose).
         head_channels: hidden width of each head branch.
+        heatmap_weight: weight of the focal loss on the centre heatmap.
+        size_weight: weight of the L1 loss on log box size.
+        offset_weight: weight of the L1 loss on the centre offset (in original strides).
         keypoint_heatmap_weight: weight of the focal loss on keypoint heatmaps.
-        displacement_weight: weight of the L1 loss on displacements (in cells).
+        displacement_weight: weight of the L1 loss on displacements (in original strides).
         keypoint_threshold: heatmap score a peak needs to replace a regressed keypoint.
         refine: sub-cell refinement of heatmap peaks: ``"quarter"`` (a quarter cell toward
             the higher neighbour), ``"soft_argmax"`` (3x3 centroid) or ``"none"``.
         oks_sigmas: per-keypoint OKS sigmas; default COCO's for 17 keypoints, else uniform.
         pck_threshold: PCK distance threshold as a fraction of the box size.
         max_detections: instances decoded per image (COCO keypoint AP counts 20).
+        score_threshold: decoded instances below this centre score are dropped.
+        nms_iou_threshold: IoU of the box NMS between instances.
         backbone: see :class:`BaseTask` (also for the remaining arguments).
-        **kwargs: the remaining :class:`ObjectDetectionTask` / :class:`BaseTask` arguments.
+        **kwargs: the remaining :class:`BaseTask` arguments (``output_stride``, ``lr``...).
     """
 
     monitor = "val_keypoint_ap"
     mode = "max"
-    heads = KEYPOINT_HEADS
-    loss_names = ("heatmap", "size", "offset", "keypoint_heatmap", "displacement")
+    loss_names = BOX_TERMS + POSE_TERMS
+    data_checks = ("num_classes", "num_keypoints")
 
     def __init__(
         self,
         num_keypoints: int = 13,
         num_classes: int = 1,
-        head: Literal["centernet"] = "centernet",
+        head: KeypointHeadName = "centernet",
         head_channels: int = 64,
+        heatmap_weight: float = 1.0,
+        size_weight: float = 1.0,
+        offset_weight: float = 1.0,
         keypoint_heatmap_weight: float = 1.0,
         displacement_weight: float = 1.0,
         keypoint_threshold: float = 0.1,
-        refine: Literal["quarter", "soft_argmax", "none"] = "quarter",
+        refine: RefineMethod = "quarter",
         oks_sigmas: list[float] | None = None,
         pck_threshold: float = 0.2,
         max_detections: int = 20,
+        score_threshold: float = 0.01,
+        nms_iou_threshold: float = 0.6,
         backbone: str = "resnet18",
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_classes=num_classes,
-            head=head,
-            head_channels=head_channels,
-            max_detections=max_detections,
-            backbone=backbone,
-            **kwargs,
-        )
+        super().__init__(backbone=backbone, **kwargs)
 
     @override
     def check_hparams(self) -> None:
@@ -98,10 +106,6 @@ class KeypointEstimationTask(ObjectDetectionTask):
         hp = self.hparams
         if hp.num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {hp.num_keypoints}.")
-        if hp.refine not in ("quarter", "soft_argmax", "none"):
-            raise ValueError(
-                f"Unknown refine {hp.refine!r}; choose 'quarter', 'soft_argmax' or 'none'."
-            )
         if not 0.0 <= hp.keypoint_threshold <= 1.0 or hp.pck_threshold <= 0:
             raise ValueError(
                 "Need keypoint_threshold in [0, 1] and pck_threshold > 0; got "
@@ -110,15 +114,13 @@ class KeypointEstimationTask(ObjectDetectionTask):
         keypoint_sigmas(hp.num_keypoints, hp.oks_sigmas)  # raises on a length mismatch
 
     @override
-    def configure_models(self) -> None:
+    def build_head(self, in_channels: int) -> nn.Module:
         hp = self.hparams
-        backbone = create_backbone(
-            hp.backbone, pretrained=hp.pretrained, checkpoint_path=hp.checkpoint_path
-        )
-        head = PoseHead(
-            self.feature_channels(backbone), hp.num_keypoints, hp.num_classes, hp.head_channels
-        )
-        self.model = BackboneWithHead(backbone, head)
+        return PoseHead(in_channels, hp.num_keypoints, hp.num_classes, hp.head_channels)
+
+    @override
+    def configure_losses(self) -> None:
+        """Nothing to build: the loss is a sum of functional terms (``ops.centernet``)."""
 
     @override
     def make_metrics(self, **kwargs: Any) -> MetricCollection:
@@ -132,34 +134,27 @@ class KeypointEstimationTask(ObjectDetectionTask):
 
     @override
     def loss_terms(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        stride = self.stride_of(outputs, batch["image"])
-        terms, centres = self.centre_loss_terms(outputs, batch, stride)
+        geometry, centres = self.centre_targets(outputs, batch)
         heat = outputs["keypoint_heatmap"]
-        t = encode_keypoint_targets(
-            batch["boxes"], batch["keypoints"], tuple(heat.shape[-2:]), stride
+        keypoints = encode_keypoint_targets(
+            batch["boxes"], batch["keypoints"], tuple(heat.shape[-2:]), geometry, centres
         )
-        terms["keypoint_heatmap"] = heatmap_focal_loss(
-            heat, t["keypoint_heatmap"], t["keypoint_positive"]
-        )
-        # Displacements are read at the centre cells; both encoders keep the same instances
-        # in the same order.
-        cells = (centres["batch"], centres["ys"], centres["xs"])
-        pred = gather_cells(outputs["displacement"], *cells).view(-1, heat.shape[1], 2)
-        terms["displacement"] = masked_l1_loss(
-            pred / stride, t["displacement"] / stride, t["keypoint_mask"]
-        )
-        return terms
+        unit = self.original_stride()
+        return {
+            **box_loss_terms(outputs, centres, unit),
+            **pose_loss_terms(outputs, centres, keypoints, unit),
+        }
 
     @override
     def decode(self, outputs: dict[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
         """Per-image ``boxes``, ``scores``, ``labels`` and ``keypoints`` ``[N, K, 3]``.
 
-        Keypoints are ``(x, y, score)`` in input pixels.
+        Keypoints are ``(x, y, score)`` in image coordinates.
         """
         hp = self.hparams
         return decode_keypoints(
             outputs,
-            self.stride_of(outputs, images),
+            self.geometry(images, outputs["heatmap"]),
             max_detections=hp.max_detections,
             score_threshold=hp.score_threshold,
             iou_threshold=hp.nms_iou_threshold,
@@ -168,24 +163,8 @@ class KeypointEstimationTask(ObjectDetectionTask):
         )
 
     @override
-    def setup(self, stage: str) -> None:
-        self.check_data(
-            getattr(self._trainer, "datamodule", None), ("num_classes", "num_keypoints")
-        )
-
-    @override
-    def predict_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> list[dict[str, Tensor]]:
-        """Per-image instances (see :meth:`decode`) with ``image_id``.
-
-        When the batch has ``scale``, ``orig_boxes`` and ``orig_keypoints`` are in the
-        original image's pixels.
-        """
-        results = super().predict_step(batch, batch_idx, dataloader_idx)
-        if "scale" in batch:
-            for result, scale in zip(results, batch["scale"], strict=True):
-                kpts = result["keypoints"].clone()
-                kpts[..., :2] = kpts[..., :2] / scale
-                result["orig_keypoints"] = kpts
-        return results
+    def rescale(self, result: dict[str, Tensor], scale: Tensor) -> None:
+        super().rescale(result, scale)
+        keypoints = result["keypoints"].clone()
+        keypoints[..., :2] = keypoints[..., :2] / scale
+        result["orig_keypoints"] = keypoints

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from typing_extensions import override
 
-from dense_lightning.models import (
-    SEGMENTATION_HEADS,
-    BackboneWithHead,
-    build_segmentation_head,
-    create_backbone,
-)
+from dense_lightning.equivalent.cells import lattice_upsample
+from dense_lightning.models import SegmentationHeadName, build_segmentation_head
 from dense_lightning.tasks.base import BaseTask
 
 __all__ = ["SemanticSegmentationTask"]
@@ -26,8 +21,11 @@ class SemanticSegmentationTask(BaseTask):
     """Per-pixel classification with any timm CNN, trained dense or at its native stride.
 
     ``self.model`` maps images to logits at feature resolution (``H / output_stride``);
-    :meth:`forward` upsamples them bilinearly to the image size, outside the convertible
-    network, so the dense and the exported model share every layer.
+    :meth:`run` upsamples them to the image size outside the convertible network, with cell
+    ``j`` placed at its receptive field's centre ``o + s * j`` (``o`` traced once, the same
+    for the dense and the exported network). So the exported model puts every value where the
+    dense model put it: its upsampled logits equal the upsampled lattice subsample of the dense
+    logits, and at the lattice pixels they equal the dense logits.
 
     Batches are ``{"image": float [B, 3, H, W], "mask": int64 [B, H, W]}``.
 
@@ -46,11 +44,12 @@ class SemanticSegmentationTask(BaseTask):
 
     monitor = "val_miou"
     mode = "max"
+    data_checks = ("num_classes", "ignore_index")
 
     def __init__(
         self,
         num_classes: int = 4,
-        head: Literal["fcn", "aspp", "linear"] = "fcn",
+        head: SegmentationHeadName = "fcn",
         head_channels: int = 128,
         dropout: float = 0.1,
         ignore_index: int | None = 255,
@@ -68,8 +67,6 @@ class SemanticSegmentationTask(BaseTask):
             raise ValueError(
                 f"num_classes must be >= 2 (background included), got {hp.num_classes}"
             )
-        if hp.head not in SEGMENTATION_HEADS:
-            raise ValueError(f"Unknown head {hp.head!r}; choose one of {SEGMENTATION_HEADS}.")
         if hp.class_weights is not None and len(hp.class_weights) != hp.num_classes:
             raise ValueError(
                 f"class_weights has {len(hp.class_weights)} values but num_classes is "
@@ -77,19 +74,11 @@ class SemanticSegmentationTask(BaseTask):
             )
 
     @override
-    def configure_models(self) -> None:
+    def build_head(self, in_channels: int) -> nn.Module:
         hp = self.hparams
-        backbone = create_backbone(
-            hp.backbone, pretrained=hp.pretrained, checkpoint_path=hp.checkpoint_path
+        return build_segmentation_head(
+            hp.head, in_channels, hp.num_classes, hp.head_channels, hp.dropout
         )
-        head = build_segmentation_head(
-            hp.head,
-            backbone.feature_info.channels()[-1],
-            hp.num_classes,
-            hp.head_channels,
-            hp.dropout,
-        )
-        self.model = BackboneWithHead(backbone, head)
 
     @override
     def configure_losses(self) -> None:
@@ -110,24 +99,20 @@ class SemanticSegmentationTask(BaseTask):
         )
 
     @override
-    def forward(self, images: Tensor) -> Tensor:
-        """Class logits ``[B, num_classes, H, W]`` at the size of ``images``."""
-        logits = self.model(images)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    def run(self, network: nn.Module, images: Tensor) -> Tensor:
+        """Class logits ``[B, num_classes, H, W]`` of ``network`` at the size of ``images``."""
+        logits = network(images)
+        return lattice_upsample(logits, self.geometry(images, logits), images.shape[-2:])
 
     @override
-    def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> Tensor:
-        return self.criterion(outputs, batch["mask"])
+    def loss_terms(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return {"loss": self.criterion(outputs, batch["mask"])}
 
     @override
     def update_metrics(
         self, metrics: MetricCollection, outputs: Tensor, batch: dict[str, Any]
     ) -> None:
         metrics.update(outputs.argmax(dim=1), batch["mask"])
-
-    @override
-    def setup(self, stage: str) -> None:
-        self.check_data(getattr(self._trainer, "datamodule", None), ("num_classes", "ignore_index"))
 
     @override
     def predict_step(

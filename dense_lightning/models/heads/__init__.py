@@ -5,7 +5,15 @@ from dense_lightning.models.heads.segmentation import (
     ASPPHead,
     FCNHead,
     LinearHead,
+    SegmentationHeadName,
     build_segmentation_head,
 )
 
-__all__ = ["SEGMENTATION_HEADS", "ASPPHead", "FCNHead", "LinearHead", "build_segmentation_head"]
+__all__ = [
+    "SEGMENTATION_HEADS",
+    "ASPPHead",
+    "FCNHead",
+    "LinearHead",
+    "SegmentationHeadName",
+    "build_segmentation_head",
+]

@@ -6,15 +6,22 @@ resolution, and upsampling to the label size happens outside the convertible net
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SEGMENTATION_HEADS", "ASPPHead", "FCNHead", "LinearHead", "build_segmentation_head"]
+__all__ = [
+    "SEGMENTATION_HEADS",
+    "ASPPHead",
+    "FCNHead",
+    "LinearHead",
+    "SegmentationHeadName",
+    "build_segmentation_head",
+]
 
 SegmentationHeadName = Literal["fcn", "aspp", "linear"]
-SEGMENTATION_HEADS: tuple[str, ...] = ("fcn", "aspp", "linear")
+SEGMENTATION_HEADS: tuple[str, ...] = get_args(SegmentationHeadName)
 
 
 def _conv_bn_relu(
