@@ -19,6 +19,7 @@ from dense_lightning.tasks import (
     ObjectDetectionTask,
     SemanticSegmentationTask,
 )
+from dense_lightning.viz import save_png
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = dict(image_size=32, num_train=4, num_val=4, num_test=4, num_predict=3, batch_size=2)
@@ -47,31 +48,50 @@ def _predict(tmp_path, task, data, writer):
 
 
 # Every task names its files alike, zero-padded so that they sort in dataset order.
-EXPECTED = sorted(f"image_{i:06d}{suffix}.png" for i in range(3) for suffix in ("", "_dense"))
+NAMES = [f"image_{i:06d}.png" for i in range(3)]
 
 
 @pytest.mark.parametrize("name", list(TASKS))
-def test_writes_one_png_per_image_and_the_dense_picture(tmp_path, name, caplog):
+def test_every_task_names_its_files_alike_and_says_where(tmp_path, name, caplog):
     torch.manual_seed(0)
     make_task, make_data = TASKS[name]
     out = tmp_path / "pictures"
-    writer = PredictionImageWriter(output_dir=str(out), dense_vs_original=True, min_size=64)
-    with caplog.at_level(logging.INFO):
-        predictions = _predict(tmp_path, make_task(), make_data(), writer)
+    writer = PredictionImageWriter(output_dir=str(out), min_size=64)
+    previous = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.INFO):
+            predictions = _predict(tmp_path, make_task(), make_data(), writer)
+    finally:
+        os.umask(previous)
     assert sum(len(p) for p in predictions) == 3
-    files = sorted(p.name for p in out.iterdir())
-    assert files == EXPECTED
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # like checkpoints
+    assert sorted(p.name for p in out.iterdir()) == NAMES
+    assert sorted(writer.written) == [out / n for n in NAMES]
     # The run says where the pictures went and how many, once.
     said = [r.getMessage() for r in caplog.records if "PredictionImageWriter" in r.getMessage()]
-    assert said == [f"PredictionImageWriter: wrote 6 PNG files to {out.resolve()}"]
-    assert sorted(writer.written) == sorted(out / f for f in files)
-    for file in files:
+    assert said == [f"PredictionImageWriter: wrote 3 PNG files to {out.resolve()}"]
+    for file in NAMES:
         with Image.open(out / file) as image:
             assert image.format == "PNG" and image.mode == "RGB"
             pixels = np.asarray(image)
         assert pixels.shape[0] >= 64 and pixels.std() > 0
-    # Target | prediction per image; input | original | dense | lattice in the dense picture.
-    with Image.open(out / files[0]) as pred, Image.open(out / files[1]) as dense:
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["segmentation", *(pytest.param(n, marks=pytest.mark.slow) for n in list(TASKS)[1:])],
+)
+def test_writes_the_dense_picture_beside_each_prediction(tmp_path, name):
+    torch.manual_seed(0)
+    make_task, make_data = TASKS[name]
+    out = tmp_path / "pictures"
+    writer = PredictionImageWriter(output_dir=str(out), dense_vs_original=True, min_size=64)
+    _predict(tmp_path, make_task(), make_data(), writer)
+    expected = sorted([*NAMES, *(n.replace(".png", "_dense.png") for n in NAMES)])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    # Target | prediction per image; input | original | dense and a guide in the dense picture.
+    with Image.open(out / NAMES[0]) as pred, Image.open(out / expected[1]) as dense:
+        assert expected[1] == "image_000000_dense.png"
         assert dense.width > pred.width
 
 
@@ -95,16 +115,14 @@ def test_names_are_dataset_indices_else_running_numbers():
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
-def test_files_get_the_permissions_of_the_umask(tmp_path, umask):
-    task, data = TASKS["segmentation"][0](), TASKS["segmentation"][1]()
-    out = tmp_path / "pictures"
+def test_pictures_get_the_permissions_of_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
-        _predict(tmp_path, task, data, PredictionImageWriter(output_dir=str(out), min_size=32))
+        save_png(tmp_path / "picture.png", torch.zeros(3, 4, 4, dtype=torch.uint8))
     finally:
         os.umask(previous)
-    modes = {p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == {0o666 & ~umask}
+    assert (tmp_path / "picture.png").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["picture.png"]  # no temporary file left
 
 
 def test_rejects_bad_arguments_and_batches(tmp_path):

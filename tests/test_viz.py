@@ -195,7 +195,10 @@ class _DictNet(_TinyNet):
 
 
 class _ValidNet(nn.Module):
-    """Unpadded convolutions: cell 0 sits at pixel 3, not 0, so the geometry matters."""
+    """Unpadded convolutions: cell 0 sits at pixel 3, not 0, so the geometry matters.
+
+    Its scores go on a heat scale, where nearly every cell has a colour of its own.
+    """
 
     def __init__(self, out_channels):
         super().__init__()
@@ -204,7 +207,7 @@ class _ValidNet(nn.Module):
         )
 
     def forward(self, x):
-        return self.body(x)
+        return {"heatmap": self.body(x)}
 
 
 def _first_map(output):
@@ -235,6 +238,7 @@ def test_dense_vs_original_puts_each_original_cell_on_its_dense_lattice_cell(net
     (geometry,) = {trace_cell_geometry(dense)[0]}
     assert result.factor == 4 and result.max_rel_error < 1e-5 and result.geometry == geometry
     factor = 2  # 20-pixel images enlarged to 40
+    scored = isinstance(net, _DictNet | _ValidNet)  # heat scale, else class colours
     cells_y, cells_x = _first_map(net(images)).shape[-2:]  # the original network's cells
     for _, original, dense_panel in _panels(result.image, rows=2, size=40):
         assert not torch.equal(original, dense_panel)
@@ -248,10 +252,12 @@ def test_dense_vs_original_puts_each_original_cell_on_its_dense_lattice_cell(net
             assert torch.equal(original[:, py, px], dense_panel[:, py, px])
             cells += 1
         assert cells >= 4
+        if scored:  # elsewhere the dense map has cells of its own (scores differ cell to cell)
+            assert len(dense_panel.reshape(3, -1).unique(dim=1).T) > 4 * cells
     # A guide beside the panels: a class legend for logits, a colour bar for scores.
     assert result.image.shape[-1] > 2 + 3 * 42
     guide = result.image[:, :, 2 + 3 * 42 :]
-    if isinstance(net, _DictNet):
+    if scored:
         top = heat_colormap(torch.ones(1, 1), 0.0, 1.0)[:, 0, 0]
         assert (guide == top.view(3, 1, 1)).all(0).any()
     else:

@@ -97,6 +97,7 @@ def _export_flag_usable(config):
     return has_flag and last.endswith("InverseTransferExport")
 
 
+@pytest.mark.slow
 def test_fit_logs_metrics_pictures_and_artifacts_offline(run_cli, wandb_dirs):
     config = REPO / "configs/segmentation/quickstart.yaml"
     export_args = []

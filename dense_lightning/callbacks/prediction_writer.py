@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -24,30 +23,13 @@ from dense_lightning.viz import (
     render_predictions,
     slice_batch,
     split_predictions,
-    to_hwc,
 )
+from dense_lightning.viz.png import png_writer
 
-__all__ = ["PredictionImageWriter", "png_writer", "save_png"]
+__all__ = ["NAME_DIGITS", "PredictionImageWriter"]
 
 #: Digits of the image number in file names: names sort in order up to a million images.
 NAME_DIGITS = 6
-
-
-def png_writer(picture: Tensor) -> Callable[[Path], None]:
-    """A writer for :func:`~dense_lightning.files.atomic_write` that saves ``picture`` as PNG."""
-
-    def write(path: Path) -> None:
-        Image.fromarray(to_hwc(picture)).save(path, format="PNG")
-
-    return write
-
-
-def save_png(path: str | Path, picture: Tensor) -> None:
-    """Write ``uint8 [3, H, W]`` to ``path`` as PNG, atomically, with the umask's permissions.
-
-    A reader sees either no file or the whole picture, never a partial PNG.
-    """
-    atomic_write_all({Path(path): png_writer(picture)})
 
 
 class PredictionImageWriter(BasePredictionWriter):

@@ -33,6 +33,7 @@ from dense_lightning.viz.draw import (
     upscale,
 )
 from dense_lightning.viz.guides import colorbar, legend
+from dense_lightning.viz.png import png_writer, save_png
 from dense_lightning.viz.tasks import (
     draw_prediction,
     draw_target,
@@ -70,11 +71,13 @@ __all__ = [
     "overlay_mask",
     "paint_cells",
     "palette",
+    "png_writer",
     "predict_images",
     "prediction_legend",
     "render_dense_vs_original",
     "render_predictions",
     "resize_nearest",
+    "save_png",
     "slice_batch",
     "split_predictions",
     "text_color",

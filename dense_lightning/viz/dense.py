@@ -272,7 +272,9 @@ def _colour(output: Any, maps: tuple[Tensor, Tensor], ctx: VizContext) -> tuple[
         entries = class_entries(num_classes, ctx, ctx.background, background_shown=True)
         return colored, lambda height: legend(entries, height, title="classes")
     heat = [_heat(output, m) for m in maps]
-    vmax = max(max(float(h.max()) for h in heat), 1e-6)
+    # The range of both maps: the whole colour scale shows their differences cell to cell.
+    vmin = min(float(h.min()) for h in heat)
+    vmax = max(max(float(h.max()) for h in heat), vmin + 1e-6)
     label = "feature energy" if isinstance(output, list | tuple) else "score"
-    colored = [torch.stack([heat_colormap(x, 0.0, vmax) for x in h]) for h in heat]
-    return colored, lambda height: colorbar(0.0, vmax, height, label=label)
+    colored = [torch.stack([heat_colormap(x, vmin, vmax) for x in h]) for h in heat]
+    return colored, lambda height: colorbar(vmin, vmax, height, label=label)
