@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from pathlib import Path
 
 import timm
 import torch
 from torch import Tensor, nn
+
+from dense_lightning.errors import ConfigurationError
 
 __all__ = ["BackboneWithHead", "check_backbone_name", "create_backbone", "timm_state_dict"]
 
@@ -54,15 +57,41 @@ def create_backbone(
 
     Returns:
         The feature extractor; its forward returns a list of feature maps.
+
+    Raises:
+        ConfigurationError: ``checkpoint_path`` is not a file, or the pretrained weights
+            cannot be fetched (offline machine, no cached copy).
     """
     check_backbone_name(name)
     kwargs: dict = {"features_only": True, "out_indices": tuple(out_indices)}
     if checkpoint_path is not None:
+        if not Path(checkpoint_path).is_file():
+            raise ConfigurationError(
+                f"checkpoint_path {str(checkpoint_path)!r} is not a file; give the path of a "
+                f"file with {name!r} backbone weights under plain timm names."
+            )
         # features_only models rename modules, so timm's own checkpoint_path (loaded after
         # wrapping) would miss keys; the pretrained file overlay is loaded before wrapping.
         kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
-        pretrained = True
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return timm.create_model(name, pretrained=True, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as error:  # connection errors, hub cache misses and URL errors all are
+        if not pretrained:
+            raise
+        raise ConfigurationError(
+            f"Could not fetch the pretrained weights of {name!r} ({type(error).__name__}: "
+            f"{_first_line(error)}). Offline? Download them where there is network (e.g. "
+            f"timm.create_model({name!r}, pretrained=True) and save its state_dict), then set "
+            "checkpoint_path to that file; or set pretrained: false. HF_HUB_OFFLINE=1 makes "
+            "the hub fail at once instead of retrying."
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _plain_key(key: str, reference: set[str]) -> str | None:
