@@ -189,7 +189,9 @@ class OpRecord:
         s_in, s_out = self.steps(output_stride)
         if max(s_in, s_out) <= 1:
             return None  # before the first removed stride nothing changes
-        where = f"at stride {int(max(reductions[d] for d in spatial))}"
+        largest = max(reductions[d] for d in spatial)
+        # A dim that grows faster than the input side (flattened positions) has reduction < 1.
+        where = f"at stride {int(largest)}" if largest >= 1 else "on flattened positions"
         return self._reason(spatial, where, max(s_in, s_out))
 
     def _reason(self, spatial: list[int], where: str, step: int) -> str | None:

@@ -88,9 +88,11 @@ def _fits(steps: tuple[Step, Step], op: OpRecord, output_stride: int) -> bool:
     if op.kind == "resample" and op_in != op_out:
         # Between two lattices: each output phase reads the input phase of the same view.
         return op_in % op_out == 0 and s_in == (op_in, op_in) and s_out == (op_out, op_out)
-    if op_out > 1 and op_out != op_in:
+    if op.kind in {"local", "index"} and op_out > 1 and op_out != op_in:
         return False  # a strided functional op would need its stride removed: not per phase
-    return s_in == s_out == (op_in, op_in)
+    # An op on flattened positions shows no step of its own (1): the module's step is its step.
+    square = s_in[0] == s_in[1]
+    return s_in == s_out and square and op_in in (1, s_in[0]) and op_out in (1, s_in[0])
 
 
 def _layers_fit(region: str, steps: tuple[Step, Step], layers: dict[str, LatticeGeometry]) -> bool:

@@ -7,7 +7,9 @@ Three checks, in eval mode (BatchNorm statistics in train mode are not equivalen
 2. The phases: the other ``k*k - 1`` samplings equal the original network applied to the input
    shifted by the phase, in the interior (cells whose receptive field stays inside both
    inputs). The receptive field is measured with a NaN probe: a NaN pixel spreads exactly to
-   the cells that read it.
+   the cells that read it. For a model with regions that read every position (a spatial
+   mean, group norm, attention) each phase has its own statistics, so this check does not
+   apply; the report says so instead.
 3. When something differs: the first module, in execution order, whose dense output leaves
    the original's on the lattice.
 """
@@ -22,10 +24,17 @@ import torch
 from torch import nn
 
 from dense_lightning.equivalent.compare import max_errors
+from dense_lightning.equivalent.info import get_dense_info
 from dense_lightning.equivalent.report import EquivalenceReport, OutputCheck
 from dense_lightning.equivalent.trace import flatten_outputs
 
 __all__ = ["verify_equivalence"]
+
+_PER_VIEW_NOTE = (
+    "not applicable: modules that read every position run per phase, so each phase other than "
+    "0 is the original network on that phase's own sub-image, with its own global statistics, "
+    "not on a shifted input"
+)
 
 
 def _run(model: nn.Module, method: str, x: torch.Tensor) -> list[torch.Tensor]:
@@ -205,7 +214,7 @@ def verify_equivalence(
     Returns:
         An :class:`EquivalenceReport`; ``report.equivalent`` tells the verdict.
     """
-    info = getattr(dense, "dense_info", None)
+    info = get_dense_info(dense)
     method = method or (info.method if info is not None else "forward")
     modes = original.training, dense.training
     original.eval()
@@ -222,7 +231,11 @@ def verify_equivalence(
             checks.append(
                 OutputCheck(i, tuple(ref.shape), tuple(got.shape), factor, abs_err, rel_err)
             )
-        if check_phases:
+        if check_phases and info is not None and info.per_view_statistics:
+            for check in checks:
+                if check.factor != (1, 1):
+                    check.phase_note = _PER_VIEW_NOTE
+        elif check_phases:
             stride = info.output_stride if info is not None else _guess_stride(x, outs_d, checks)
             _check_phases(original, method, x, outs_d, checks, stride, max_phases)
         report = EquivalenceReport(

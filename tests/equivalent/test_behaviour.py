@@ -21,7 +21,8 @@ from dense_lightning.equivalent import (
     verify_equivalence,
 )
 
-NOT_EQUIVALENT = {
+# Position-mixing modules that run per phase, with the region each must get at stride 8.
+PER_PHASE = {
     "seresnet18": "layer3.0.se",
     "efficientnet_b0": "blocks.3.0.se",
     "mobilenetv3_small_100": "blocks.2.0.se",
@@ -30,30 +31,55 @@ NOT_EQUIVALENT = {
 }
 
 
-@pytest.mark.parametrize(("name", "module"), NOT_EQUIVALENT.items())
-def test_global_ops_raise_with_module_names(make_model, name, module):
+@pytest.mark.parametrize(("name", "module"), PER_PHASE.items())
+def test_global_ops_run_per_phase_and_are_recorded(make_model, name, module):
     model = make_model(name, features_only=True)
-    with pytest.raises(NotEquivalentError, match="strict=False") as info:
-        to_dense(model, 8)
-    names = [f.module for f in info.value.findings]
-    assert module in names
-    assert module in str(info.value)
-    assert "pools globally" in str(info.value)
-    dense = to_dense(model, 8, strict=False)
-    assert dense.dense_info.approximate
-    assert {f.module for f in dense.dense_info.findings} == set(names)
-    report = verify_equivalence(model, dense, torch.randn(1, 3, 64, 64), check_phases=False)
-    assert report.approximate and not report.equivalent
-    assert report.first_divergent_module is not None
+    dense = to_dense(model, 8)
+    info = dense.dense_info
+    assert not info.approximate and not info.findings
+    regions = {r.module: r for r in info.regions}
+    assert module in regions
+    assert regions[module].in_step == regions[module].out_step == (2, 2)
+    assert any("pools globally" in reason for reason in regions[module].reasons)
+    assert info.per_view_statistics
+    report = verify_equivalence(model, dense, torch.randn(2, 3, 67, 67))
+    assert report.equivalent, str(report)
+    # Phases other than 0 see their own global statistics: the report says so.
+    densified = [o for o in report.outputs if o.factor != (1, 1)]
+    assert densified and all("own global statistics" in (o.phase_note or "") for o in densified)
 
 
-def test_global_op_before_the_first_removed_stride_is_fine(make_model):
-    # seresnet18's SE blocks at stride <= 16 see an unchanged map at output stride 16 only in
-    # layer1/2; layer3/4 are flagged. At output stride 32 nothing changes at all.
+def test_global_op_before_the_first_removed_stride_needs_no_region(make_model):
+    # At output stride 16 the SE blocks of layer1-3 see an unchanged map; only layer4 changes.
     model = make_model("seresnet18", features_only=True)
-    dense = to_dense(model, 16, strict=False)
-    flagged = {f.module.split(".")[0] for f in dense.dense_info.findings}
-    assert flagged == {"layer4"}
+    dense = to_dense(model, 16)
+    assert {r.module.split(".")[0] for r in dense.dense_info.regions} == {"layer4"}
+
+
+class _GlobalMeanBody(nn.Module):
+    """A body whose global mean sits at the root, where no module can run per phase."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, 2, 1)
+        self.head = nn.Conv2d(4, 4, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(y * y.mean((2, 3), keepdim=True).sigmoid())
+
+
+def test_unfixable_global_op_raises_and_strict_false_is_approximate():
+    model = _GlobalMeanBody().eval()
+    with pytest.raises(NotEquivalentError, match="strict=False") as info:
+        to_dense(model, 1)
+    assert [f.module for f in info.value.findings] == [""]
+    assert "pools globally" in str(info.value)
+    dense = to_dense(model, 1, strict=False)
+    assert dense.dense_info.approximate
+    assert dense.dense_info.max_rel_error > 1e-4
+    report = verify_equivalence(model, dense, torch.randn(1, 3, 32, 32), check_phases=False)
+    assert report.approximate and not report.equivalent
 
 
 def test_classifier_forward_flags_global_pool(make_model):
@@ -62,7 +88,7 @@ def test_classifier_forward_flags_global_pool(make_model):
         to_dense(model, 8)
 
 
-def test_interpolation_is_flagged():
+def test_interpolation_at_the_root_is_flagged():
     class Up(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -116,11 +142,13 @@ def test_layers_keep_state_dict_and_restore(make_model):
     for key, value in model.state_dict().items():
         assert dense.state_dict()[key].shape == value.shape
     conv = next(m for m in dense.modules() if isinstance(m, EConv2d) and m.geometry.in_step[0] > 1)
-    assert conv.dilation[0] == conv.geometry.in_step[0] * conv.original_config["dilation"][0]
+    original = conv.dense_state.original_config
+    assert conv.dilation[0] == conv.geometry.in_step[0] * original["dilation"][0]
     assert "dense_dilation" in repr(conv)
     restored = conv.restore()
     assert type(restored) is nn.Conv2d
-    assert restored.dilation == conv.original_config["dilation"]
+    assert restored.dilation == original["dilation"]
+    assert not {"geometry", "dense_state", "_counts_padding"} & set(restored.__dict__)
     assert restored.weight is conv.weight
 
 

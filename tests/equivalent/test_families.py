@@ -7,6 +7,7 @@ import timm
 import torch
 
 from dense_lightning.equivalent import to_dense, to_original, verify_equivalence
+from tests.equivalent.tester import Family, check_features_only
 
 # name, input sizes (odd sizes where the original network itself accepts them)
 FAMILIES = [
@@ -36,17 +37,8 @@ def _ids(entry: tuple) -> str:
 @pytest.mark.parametrize("entry", FAMILIES, ids=_ids)
 def test_features_only_equivalent(make_model, entry, output_stride):
     name, sizes = entry
-    model = make_model(name, features_only=True)
-    dense = to_dense(model, output_stride)
-    assert dense.dense_info.output_stride == output_stride
-    assert not dense.dense_info.approximate
-    for size in sizes:
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
-        report = verify_equivalence(model, dense, x, check_phases=False)
-        assert report.equivalent, str(report)
-        assert report.max_rel_error < 1e-5, str(report)
-        deepest = report.outputs[-1]
-        assert deepest.factor == (32 // output_stride,) * 2
+    dense = check_features_only(make_model, Family(name, sizes), output_stride)
+    assert not dense.dense_info.regions  # local layers only: nothing runs per phase
 
 
 @pytest.mark.parametrize("entry", FAMILIES, ids=_ids)

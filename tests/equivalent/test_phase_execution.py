@@ -10,14 +10,16 @@ from timm.layers import Conv2dSame, StdConv2d
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from torch import nn
 
-from dense_lightning.equivalent import to_dense, to_original, verify_equivalence
-from dense_lightning.equivalent.phase import (
+from dense_lightning.equivalent import (
     batch_to_space,
     execution_choices,
-    phase_blocks,
     set_execution,
     space_to_batch,
+    to_dense,
+    to_original,
+    verify_equivalence,
 )
+from dense_lightning.equivalent.execution import chosen_regions
 
 MODES = [("phase", False), ("phase", True), ("auto", True), ("auto", False)]
 
@@ -37,11 +39,14 @@ def _variants(dense):
 
 
 @pytest.mark.parametrize("step", [(2, 2), (4, 2), (1, 3)])
-def test_space_to_batch_round_trip(step):
-    x = torch.randn(3, 5, 12, 6)
+@pytest.mark.parametrize("mid", [(5,), (2, 5)])  # 4-D maps and 5-D stacks of branches
+def test_space_to_batch_round_trip(step, mid):
+    x = torch.randn(3, *mid, 12, 6)
     phases = space_to_batch(x, step)
-    assert phases.shape == (3 * step[0] * step[1], 5, 12 // step[0], 6 // step[1])
+    assert phases.shape == (3 * step[0] * step[1], *mid, 12 // step[0], 6 // step[1])
     assert torch.equal(phases[:3], x[..., :: step[0], :: step[1]])
+    last = phases[-3:]
+    assert torch.equal(last, x[..., step[0] - 1 :: step[0], step[1] - 1 :: step[1]])
     assert torch.equal(batch_to_space(phases, step), x)
 
 
@@ -114,7 +119,7 @@ def test_timm_models_every_path_exact(name, output_stride):
 def test_blocks_follow_sequential_runs():
     model = timm.create_model("resnet50", pretrained=False, num_classes=0, global_pool="")
     dense = to_dense(model, 8, method="forward_features")
-    plan = {block.name: block.base for block in phase_blocks(dense)}
+    plan = {region.name: region.in_step for region in chosen_regions(dense)}
     assert plan == {"layer3[1:5]": (2, 2), "layer4.0": (2, 2), "layer4[1:2]": (4, 4)}
 
 
@@ -161,7 +166,9 @@ def test_inverse_transfer_and_state_dict_unaffected():
         exported = to_original(phase).eval()
         assert _rel(model.forward_features(x), exported.forward_features(x)) < 1e-6
         restored = [m for m in exported.modules() if isinstance(m, nn.Conv2d)]
-        assert not any("_phase_block" in m.__dict__ for m in restored)
+        assert not any("dense_state" in m.__dict__ for m in restored)
+        # The exported model carries no execution state: no hook points at a dense layer.
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in exported.modules())
         reference = timm.create_model("resnet18", pretrained=False, num_classes=0)
         reference.load_state_dict(exported.state_dict(), strict=True)
         set_execution(phase, "dilated")
