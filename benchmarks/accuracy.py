@@ -44,7 +44,7 @@ from benchmarks._accuracy_stats import confusions, oracle_confusions, paired_boo
 from benchmarks._accuracy_stats import verdict as decide
 from dense_lightning.data import SyntheticSegmentationDataModule
 from dense_lightning.equivalent import to_original, verify_equivalence
-from dense_lightning.equivalent.cells import CellGeometry, cell_geometry
+from dense_lightning.equivalent.cells import CellGeometry
 from dense_lightning.tasks import SemanticSegmentationTask
 
 ARMS = ("a", "a_long", "a_dense", "b", "c")
@@ -305,8 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbone, pretraining = pretrain(args) if args.pretrain_steps else (None, {})
     ratio = time_ratio(args, backbone, device)
     a_long = max(args.steps, round(args.steps * ratio["ratio"]))
-    # Where the original network's cells sit: a property of the architecture, traced once.
-    geometry = cell_geometry(new_task(args, None).model)
+    # Where the original network's cells sit (the task's own geometry, which its prediction
+    # path uses): a property of the architecture, traced once.
+    geometry = new_task(args, None).cells
     extra = {"pretraining": pretraining, "time_ratio": ratio, "a_long_steps": a_long}
     runs: list[dict] = []
 
