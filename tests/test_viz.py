@@ -154,8 +154,8 @@ def test_render_predictions_for_each_task_format():
     seg = render_predictions(
         images, list(torch.randint(0, 3, (2, 32, 32))), {"mask": torch.zeros(2, 32, 32)}, ctx
     )
-    # Two rows of (target, prediction) panels, enlarged twice, with title strips; a legend.
-    panels = (2 + 2 * (title_height() + 64 + 2), 2 + 64 + 2 + 64 + 2)
+    # Two rows of (input, target, prediction) panels, enlarged twice, titled; a legend.
+    panels = (2 + 2 * (title_height() + 64 + 2), 2 + 3 * (64 + 2))
     assert seg.dtype == torch.uint8 and seg.shape[-2] == panels[0] and seg.shape[-1] > panels[1]
     box = {"boxes": torch.tensor([[2.0, 2, 20, 20]]), "labels": torch.tensor([1]),
            "scores": torch.tensor([0.9])}  # fmt: skip
@@ -167,9 +167,9 @@ def test_render_predictions_for_each_task_format():
     kp_batch = {**det_batch, "keypoints": [kps] * 2}
     # Keypoint instances are coloured one by one: no class legend.
     assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == (3, *panels)
-    # Without ground truth: the prediction panel only (and the legend).
+    # Without ground truth: input and prediction only.
     alone = render_predictions(images, [pose, pose], None, ctx)
-    assert alone.shape[-1] == 2 + 64 + 2
+    assert alone.shape[-1] == 2 + 2 * (64 + 2)
 
 
 def test_draw_prediction_names_the_formats_it_knows():

@@ -15,6 +15,7 @@ from dense_lightning.viz import (
     heat_colormap,
     layout_labels,
     legend,
+    mute,
     prediction_legend,
     render_predictions,
     text_color,
@@ -138,6 +139,9 @@ def test_colorbar_spans_the_colour_map_from_vmin_to_vmax():
         assert _has_color(bar, top)
     with pytest.raises(ValueError, match="vmax > vmin"):
         colorbar(1.0, 1.0, height=120)
+    # Beside a picture too short for a readable bar, the bar is taller than the picture.
+    assert colorbar(0.0, 1.0, height=10).shape[-2] > 10
+    assert legend([("disc", (30, 144, 255))], height=5).shape[-2] > 5
 
 
 def test_prediction_grids_carry_a_class_legend():
@@ -147,7 +151,7 @@ def test_prediction_grids_carry_a_class_legend():
     mask = torch.zeros(32, 32, dtype=torch.long)
     mask[4:12, 4:12], mask[20:28, 20:28] = 1, 3
     seg = render_predictions(images, [mask], {"mask": mask[None]}, ctx)
-    panels_width = 2 + 64 + 2 + 64 + 2
+    panels_width = 2 + 3 * (64 + 2)
     assert seg.shape[-1] > panels_width
     guide = seg[:, :, panels_width:]
     colors = class_colors(4, background=0)
@@ -158,9 +162,9 @@ def test_prediction_grids_carry_a_class_legend():
              "scores": torch.tensor([0.9])}  # fmt: skip
     det_ctx = VizContext(class_names=names[1:], min_size=64)
     det = render_predictions(images, [boxes], None, det_ctx)
-    assert det.shape[-1] > 2 + 64 + 2
+    assert det.shape[-1] > 2 + 2 * (64 + 2)
     for color in class_colors(3).tolist():
-        assert _has_color(det[:, :, 2 + 64 + 2 :], color)
+        assert _has_color(det[:, :, 2 + 2 * (64 + 2) :], color)
 
 
 def test_text_helpers_fit_and_wrap():
@@ -170,3 +174,16 @@ def test_text_helpers_fit_and_wrap():
     lines = wrap_text("one two three four five six seven eight", 60, face)
     assert len(lines) > 1 and all(text_size(line, face)[0] <= 60 for line in lines)
     assert title_height() >= text_size("Ag", face)[1]
+
+
+def test_images_under_drawings_are_grey_so_only_classes_have_colour():
+    disc = class_colors(1)[0]
+    image = disc.view(3, 1, 1).expand(3, 16, 16).clone()  # a picture in the disc colour
+    muted = mute(image, 0.4)
+    assert torch.equal(muted[0], muted[1]) and torch.equal(muted[1], muted[2])
+    ctx = VizContext(class_names=["background", "disc"], num_classes=2, min_size=16)
+    nothing = torch.zeros(16, 16, dtype=torch.long)
+    grid = render_predictions(image[None], [nothing], None, ctx)
+    prediction = grid[:, 2 + title_height() : 2 + title_height() + 16, 2 + 18 : 2 + 18 + 16]
+    assert not _has_color(prediction, disc.tolist())
+    assert _has_color(grid[:, :, 2 : 2 + 16], disc.tolist())  # the input panel keeps its colours

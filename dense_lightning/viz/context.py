@@ -29,8 +29,8 @@ class VizContext:
             raw class-score maps it is painted dark grey); ``None`` paints every class.
         score_threshold: predicted boxes and instances scored below it are not drawn.
         min_size: panels are enlarged (nearest neighbour) until their shorter side is this.
-        mute: how far images under drawings are washed out toward grey (0 keeps them), so
-            class colours and captions stand out.
+        mute: images under drawings are shown in grey, washed this far toward light grey
+            (0: plain grey levels, 1: flat), so that class colours and captions stand out.
     """
 
     class_names: list[str] | None = None
@@ -40,7 +40,7 @@ class VizContext:
     background: int | None = 0
     score_threshold: float = 0.3
     min_size: int = 128
-    mute: float = 0.6
+    mute: float = 0.4
 
     @classmethod
     def from_module(

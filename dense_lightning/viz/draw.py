@@ -48,16 +48,19 @@ _MUTED_GREY = 200.0  # the light grey a muted image is washed toward
 
 
 def mute(image: Tensor, amount: float = 0.5) -> Tensor:
-    """Wash out ``image`` toward light grey, so drawings on it stand out.
+    """``image`` in grey, washed toward light grey, so that only the drawings on it have colour.
+
+    The image's own colours would otherwise pass for class colours (a blue shape under a
+    legend whose blue means "disc").
 
     Args:
         image: ``uint8 [3, H, W]``.
-        amount: 0 keeps the image, 1 makes it one flat light grey.
+        amount: 0 keeps the grey levels, 1 makes the image one flat light grey.
     """
     pixels = image.float()
     grey = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    washed = 0.6 * grey + 0.4 * _MUTED_GREY
-    return (pixels * (1 - amount) + washed * amount).round().clamp(0, 255).to(torch.uint8)
+    washed = grey * (1 - amount) + _MUTED_GREY * amount
+    return washed.expand_as(pixels).round().clamp(0, 255).to(torch.uint8)
 
 
 def overlay_mask(

@@ -35,7 +35,8 @@ def legend(
 
     Args:
         entries: name and RGB colour of each class, in order.
-        height: panel height in pixels (that of the picture it goes beside).
+        height: panel height in pixels (that of the picture it goes beside); at least one
+            entry high.
         title: a heading above the entries.
         face: the font (default :func:`~dense_lightning.viz.text.font`).
 
@@ -43,16 +44,16 @@ def legend(
         ``uint8 [3, height, W]``.
 
     Raises:
-        ValueError: no entries, or ``height`` too small for one entry.
+        ValueError: no entries.
     """
     if not entries:
         raise ValueError("legend needs at least one (name, colour) entry.")
     face = face or font()
     line = max(text_size("Ag", face)[1], _SWATCH) + _GAP
     top = _GAP + (line if title else 0)
-    per_column = (height - top) // line
-    if per_column < 1:
-        raise ValueError(f"legend: height {height} is too small for one entry ({top + line} px).")
+    # At least one entry per column: a picture too short for that gets a taller legend.
+    per_column = max((height - top) // line, 1)
+    height = max(height, top + line)
     names = [fit_text(name, _MAX_NAME_WIDTH, face) for name, _ in entries]
     columns = [names[i : i + per_column] for i in range(0, len(names), per_column)]
     widths = [_SWATCH + _GAP + max(text_size(n, face)[0] for n in col) for col in columns]
@@ -93,26 +94,29 @@ def colorbar(
     Args:
         vmin: value at the bottom.
         vmax: value at the top.
-        height: panel height in pixels.
+        height: panel height in pixels (more when that is too short for the bar).
         label: a heading above the bar (what the colours measure).
         colormap: ``(values [H, W], vmin, vmax) -> uint8 [3, H, W]``, as the picture uses.
-        ticks: number of labelled values, ends included (at least 2).
+        ticks: number of labelled values, ends included (at least 2; fewer when they would
+            not fit).
         face: the font (default :func:`~dense_lightning.viz.text.font`).
 
     Returns:
         ``uint8 [3, height, W]``.
 
     Raises:
-        ValueError: ``vmax <= vmin``, fewer than 2 ticks, or ``height`` too small.
+        ValueError: ``vmax <= vmin`` or fewer than 2 ticks.
     """
     if vmax <= vmin or ticks < 2:
         raise ValueError(f"colorbar needs vmax > vmin and ticks >= 2; got {vmin}, {vmax}, {ticks}")
     face = face or font()
     text_h = text_size("0", face)[1]
     top = _GAP + (text_h + _GAP if label else 0) + text_h // 2
-    bar_h = height - top - text_h // 2 - _GAP
-    if bar_h < 2 * ticks:
-        raise ValueError(f"colorbar: height {height} is too small for {ticks} ticks.")
+    # A short picture gets a taller bar than itself rather than a bar too short to read, and
+    # as many ticks as fit without their labels touching.
+    bar_h = max(height - top - text_h // 2 - _GAP, 2 * text_h)
+    height = top + bar_h + text_h // 2 + _GAP
+    ticks = min(ticks, 1 + bar_h // text_h)
     values = [vmin + (vmax - vmin) * i / (ticks - 1) for i in range(ticks)]
     tick_texts = [_tick(v, vmax - vmin) for v in values]
     width = _GAP + _BAR_WIDTH + 3 + _GAP + max(text_size(t, face)[0] for t in tick_texts) + _GAP

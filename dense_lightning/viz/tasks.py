@@ -157,10 +157,11 @@ def render_predictions(
     batch: Mapping[str, Any] | None = None,
     ctx: VizContext | None = None,
 ) -> Tensor:
-    """A grid with one row per image, ground truth (when ``batch`` has it) then prediction.
+    """A grid with one row per image: input, ground truth (when ``batch`` has it), prediction.
 
-    The images are enlarged to ``ctx.min_size`` and washed out by ``ctx.mute`` so that the
-    drawings stand out; a legend of the class colours stands to the right.
+    The images are enlarged to ``ctx.min_size``; under the drawings they are shown in grey
+    (see ``ctx.mute``), so that every colour there is a class colour. A legend of the class
+    colours stands to the right.
 
     Args:
         images: network inputs ``[B, 3, H, W]`` (normalised) or ``uint8`` images.
@@ -180,8 +181,11 @@ def render_predictions(
     title = f"prediction, score >= {ctx.score_threshold:.2f}" if scored else "prediction"
     rows = []
     for i, prediction in enumerate(predictions):
-        image = mute(upscale(pictures[i], factor), ctx.mute)
-        row = [titled(draw_target(image, targets, i, ctx), "target")] if has_target else []
+        picture = upscale(pictures[i], factor)
+        image = mute(picture, ctx.mute)
+        row = [titled(picture, "input")]
+        if has_target:
+            row.append(titled(draw_target(image, targets, i, ctx), "target"))
         drawn = draw_prediction(image, _scale_prediction(prediction, factor), ctx)
         row.append(titled(drawn, title))
         rows.append(row)
