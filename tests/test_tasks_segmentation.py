@@ -59,7 +59,10 @@ def test_dense_model_equals_original_on_lattice(seg_task, head):
         ({"output_stride": 64}, "not reachable"),
         ({"class_weights": [1.0, 2.0]}, "class_weights has 2 values"),
         ({"num_classes": 1}, "num_classes must be >= 2"),
-        ({"head": "unet"}, "Unknown head 'unet'"),
+        ({"head": "unet"}, "Unknown head 'unet'; choose one of 'fcn', 'aspp', 'linear'"),
+        # Every Literal argument of the __init__ chain is checked, BaseTask's included.
+        ({"optimizer": "lamb"}, "Unknown optimizer 'lamb'; choose one of 'adamw'"),
+        ({"scheduler": "onecycle"}, "Unknown scheduler 'onecycle'"),
         ({"lr": 0.0}, "lr > 0"),
     ],
 )

@@ -6,7 +6,7 @@ mapping: the 3x3 max-pool "NMS" and the box NMS only see the final maps. Cells s
 :mod:`dense_lightning.ops.encoding`.
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,7 @@ def refine_peaks(
     if method == "quarter":
         return 0.25 * torch.sign(at(0, 1) - at(0, -1)), 0.25 * torch.sign(at(1, 0) - at(-1, 0))
     if method != "soft_argmax":
-        raise ValueError(f"unknown refine method {method!r}; use 'quarter', 'soft_argmax', 'none'")
+        raise ValueError(f"unknown refine method {method!r}; use one of {get_args(RefineMethod)}")
     weights = torch.stack([at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dim=-1)
     grid = torch.tensor([-1.0, 0.0, 1.0], device=heat.device, dtype=heat.dtype)
     gx, gy = grid.repeat(3), grid.repeat_interleave(3)
