@@ -184,7 +184,7 @@ def _hooks(
                 probe.failed_at = probe.failed_at or (name, mod)
                 return
             if is_leaf:
-                probe.layer_out[name] = tuple(out.shape)
+                probe.layer_out[name] = tuple(flatten_outputs(out)[0].shape)
             probe.calls.setdefault(name, []).append((inputs, _shapes(out)))
 
         yield module.register_forward_pre_hook(pre, with_kwargs=True)

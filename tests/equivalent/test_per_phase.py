@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -10,11 +12,13 @@ from torch import nn
 
 from dense_lightning.equivalent import (
     NotEquivalentError,
+    batch_to_space,
     set_execution,
     to_dense,
     to_original,
     verify_equivalence,
 )
+from dense_lightning.equivalent.phase import remove_regions
 from tests.equivalent.tester import Family, check_features_only
 
 PER_PHASE_FAMILIES = [
@@ -64,24 +68,36 @@ def test_speed_paths_keep_the_regions_exact(make_model):
         assert report.equivalent, (mode, blocks, str(report))
 
 
-def test_train_mode_batch_norm_sees_the_same_elements(make_model):
-    # BatchNorm inside a region normalises over phases x batch: the same numbers as over the
-    # dense map, so training the dense model is unchanged by running regions per phase.
-    torch.manual_seed(0)
-    model = make_model("seresnet18", features_only=True)
-    dense = to_dense(model, 8).train()
-    plain = to_dense(model, 8).train()
-    for region in plain.dense_info.regions:  # the same model with its regions removed
-        del region
-    from dense_lightning.equivalent.phase import remove_regions
+class ConvBnSe(nn.Module):
+    """A body block whose BatchNorm sits inside the region that its SE gate needs."""
 
-    remove_regions(plain, required=True)
-    x = torch.randn(2, 3, 64, 64)
-    out_a, out_b = dense(x)[-1], plain(x)[-1]
-    # The SE gates differ (that is the point), but every BN before the first region agrees.
-    bn_a, bn_b = dense.layer3[0].bn1, plain.layer3[0].bn1
-    torch.testing.assert_close(bn_a.running_mean, bn_b.running_mean)
-    assert out_a.shape == out_b.shape
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y * y.mean((2, 3), keepdim=True).sigmoid()
+
+
+def test_train_mode_batch_norm_inside_a_region_sees_the_same_elements():
+    # In phase layout BatchNorm normalises over phases x batch: the same elements as over the
+    # dense map, so its batch statistics, running statistics and output are unchanged.
+    torch.manual_seed(0)
+    dense = to_dense(Stem(ConvBnSe()).eval(), 1).train()
+    assert [r.module for r in dense.dense_info.regions] == ["body"]
+    without = copy.deepcopy(dense)
+    remove_regions(without, required=True)
+    x = torch.randn(2, 3, 40, 40)
+    seen = {}
+    for name, net in (("region", dense), ("dense map", without)):
+        net.body.bn.register_forward_hook(lambda m, a, out, name=name: seen.update({name: out}))
+        net(x)
+    a, b = seen["region"], seen["dense map"]
+    assert a.shape[0] == 16 * b.shape[0]  # 4x4 phases per image
+    torch.testing.assert_close(batch_to_space(a, (4, 4)), b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense.body.bn.running_var, without.body.bn.running_var)
 
 
 # --- one small module per kind of position mixing -------------------------------------------
