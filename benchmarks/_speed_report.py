@@ -67,7 +67,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"# Speed benchmarks ({machine['device']})",
         "",
-        *(machine_line(run) for run in payload.get("runs", [machine])),
+        *(_run_line(run) for run in payload.get("runs", [machine])),
         f"Input {machine['batch']}x3x{machine['size']}x{machine['size']}, median of "
         f"{machine['repeats']} interleaved rounds; MACs from torch.utils.flop_counter.",
         "",
@@ -132,6 +132,12 @@ def markdown(payload: dict[str, Any]) -> str:
             *(f"- {r['model']} at OS {r['output_stride']}: {r['refused']}" for r in refused),
         ]
     return "\n".join(lines)
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    """The machine line of one run, with the models it measured when rows were merged."""
+    models = run.get("models")
+    return machine_line(run) + (f" Models: {', '.join(models)}." if models else "")
 
 
 def _check(check: dict[str, Any]) -> list[str]:

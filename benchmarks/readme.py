@@ -29,9 +29,12 @@ def _load(results: Path, stem: str) -> dict[str, Any] | None:
 
 
 def _when(payload: dict[str, Any]) -> str:
-    m = payload["machine"]
+    runs = payload.get("runs") if payload.get("benchmark") == "speed" else None
+    m, last = payload["machine"], (runs or [payload["machine"]])[-1]
     hw = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores"
-    return f"{m['date'][:10]}, {hw}, torch {m['torch']}"
+    dates = sorted({m["date"][:10], last["date"][:10]})
+    torches = sorted({m["torch"], last["torch"]})
+    return f"{' and '.join(dates)}, {hw}, torch {' and '.join(torches)}"
 
 
 def coverage_section(payload: dict[str, Any], link: str) -> list[str]:

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.size = args.size or (64 if args.quick else 224)
     args.repeats = args.repeats or (1 if args.quick else 5)
     record = C.machine(device, args)
-    record.update(batch=args.batch, size=args.size, repeats=args.repeats)
+    record.update(batch=args.batch, size=args.size, repeats=args.repeats, models=args.models)
     rows = []
     for name in args.models:
         for output_stride in args.strides:
