@@ -8,7 +8,7 @@ from lightning.pytorch import Trainer
 from dense_lightning.equivalent import is_dense, to_dense, to_original, verify_equivalence
 from dense_lightning.models import DENSE_STATE_KEY, create_backbone, timm_state_dict
 from dense_lightning.tasks import SemanticSegmentationTask
-from dense_lightning.tasks.base import _lr_factor
+from dense_lightning.tasks.optim import lr_factor as _lr_factor
 
 
 def _trainer(tmp_path, **kwargs):

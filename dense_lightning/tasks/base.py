@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -23,7 +20,6 @@ from dense_lightning.errors import ConfigurationError
 from dense_lightning.models import (
     DENSE_STATE_KEY,
     BackboneWithHead,
-    apply_dense_state,
     check_backbone_name,
     create_backbone,
     dense_state,
@@ -31,14 +27,12 @@ from dense_lightning.models import (
     timm_state_dict,
 )
 from dense_lightning.ops import infer_stride
+from dense_lightning.tasks.optim import OptimizerName, SchedulerName, build_optimization
+from dense_lightning.tasks.structure import checkpoint_hparams, run_time_structure
 
 __all__ = ["BaseTask", "OptimizerName", "SchedulerName", "Stage"]
 
 Stage = Literal["train", "val", "test"]
-OptimizerName = Literal["adamw", "adam", "sgd"]
-SchedulerName = Literal["cosine", "poly", "step", "none"]
-# Step schedule: the learning rate drops 10x at these fractions of training.
-_STEP_MILESTONES = (0.6, 0.85)
 
 
 class BaseTask(LightningModule, ABC):
@@ -372,14 +366,7 @@ class BaseTask(LightningModule, ABC):
         checkpoint.setdefault(DENSE_STATE_KEY, {})["model"] = dense_state(self.model)
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if isinstance(hparams, dict):
-            # The structure is recorded above. Left in the hyperparameters, output_stride would
-            # be put back by LightningCLI over the command line's, and `validate
-            # --model.init_args.output_stride 4 --ckpt_path ...` would silently use the
-            # checkpoint's. The checkpoint holds the trained weights: reloading it must not
-            # download or read the starting weights again (offline machines, moved files).
-            hparams = {k: v for k, v in hparams.items() if k != "output_stride"}
-            hparams.update(pretrained=False, checkpoint_path=None)
-            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = checkpoint_hparams(hparams)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -388,34 +375,14 @@ class BaseTask(LightningModule, ABC):
         # structure the hyperparameters gave.
         if states is None or "model" not in states:
             return
-        saved = states["model"]
-        saved_stride = None if saved is None else int(saved["output_stride"])
-        wanted = self.hparams.output_stride
-        self.model = apply_dense_state(self.model, saved)
-        if wanted == saved_stride:
-            return
         fn = getattr(getattr(self._trainer, "state", None), "fn", None)
-        if fn is None:
-            # load_from_checkpoint gives the structure that was saved.
-            self.hparams.output_stride = saved_stride
-            return
-        if fn == TrainerFn.FITTING:
-            raise ConfigurationError(
-                f"The checkpoint was trained at output_stride={saved_stride} but fit resumes at "
-                f"output_stride={wanted}; resuming must keep the stride. Resume with "
-                f"--model.init_args.output_stride {saved_stride}, or start a new fit from its "
-                "weights (they are the same network at every stride: "
-                "dense_lightning.models.make_dense(Task.load_from_checkpoint(path).model, "
-                "stride) converts them)."
-            )
-        rank_zero_info(
-            f"Checkpoint trained at output_stride={saved_stride}; running {fn.value} at "
-            f"output_stride={wanted} (same weights, exactly the same network)."
+        self.model, self.hparams.output_stride = run_time_structure(
+            self.model,
+            states["model"],
+            self.hparams.output_stride,
+            fn,
+            strict=self.hparams.strict_equivalence,
         )
-        if wanted is None:
-            self.model = apply_dense_state(self.model, None)
-        else:
-            self.model = make_dense(self.model, wanted, strict=self.hparams.strict_equivalence)
 
     # ------------------------------------------------------------------------------ optimiser
 
@@ -423,22 +390,8 @@ class BaseTask(LightningModule, ABC):
     def configure_optimizers(self) -> OptimizerLRScheduler:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True
-            )
-        elif hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _lr_factor(hp.scheduler, step, total, hp.warmup_steps)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return build_optimization(params, hp, total)
 
 
 def _detach(outputs: Any) -> Any:
@@ -446,17 +399,3 @@ def _detach(outputs: Any) -> Any:
     if isinstance(outputs, dict):
         return {name: value.detach() for name, value in outputs.items()}
     return outputs.detach() if isinstance(outputs, Tensor) else outputs
-
-
-def _lr_factor(kind: str, step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier at ``step`` of ``total`` after ``warmup`` linear steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if kind == "poly":
-        return (1.0 - progress) ** 0.9
-    if kind == "step":
-        return 0.1 ** sum(progress >= m for m in _STEP_MILESTONES)
-    return 1.0
