@@ -123,12 +123,12 @@ def _axis_weights(
     length: int, cells: int, geometry: CellGeometry, axis: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Neighbouring cell indices and the weight of the second one for every pixel of an axis."""
-    pixels = torch.arange(length, device=device, dtype=torch.float64)
+    pixels = torch.arange(length, device=device, dtype=torch.float32)
     # Pixels beyond the first or last cell take that cell's value: no extrapolation.
     u = geometry.cell(pixels, axis).clamp(0, cells - 1)
     lo = u.floor().long().clamp(max=cells - 1)
     hi = (lo + 1).clamp(max=cells - 1)
-    return lo, hi, (u - lo).to(torch.float32)
+    return lo, hi, u - lo
 
 
 def lattice_upsample(maps: Tensor, geometry: CellGeometry, size: Sequence[int]) -> Tensor:
