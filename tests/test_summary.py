@@ -5,9 +5,16 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from dense_lightning.callbacks import InverseTransferExport
+from dense_lightning.callbacks import InverseTransferExport, SegmentationBaselines
+from dense_lightning.callbacks.baselines import block_majority, one_hot_logits
 from dense_lightning.callbacks.progress import DenseProgressBar, default_callbacks
-from dense_lightning.callbacks.summary import FitSummary, fit_summary_rows, fit_summary_table
+from dense_lightning.callbacks.summary import (
+    FitSummary,
+    fit_summary_rows,
+    fit_summary_table,
+    score_rows,
+    score_table,
+)
 
 
 def _fit(tmp_path, seg_task, seg_data, callbacks, **kwargs):
@@ -22,56 +29,107 @@ def _fit(tmp_path, seg_task, seg_data, callbacks, **kwargs):
     return trainer, task
 
 
+EXPORT = {
+    "dirpath": "/runs/exports",
+    "files": ["/runs/exports/model_original.ckpt", "/runs/exports/equivalence.json"],
+    "weights": {
+        "kind": "best", "checkpoint": "/runs/ckpt/epoch=3.ckpt", "note": "the best val_miou "
+        "checkpoint", "epoch": 3, "global_step": 128,
+    },
+    "approximate": False,
+    "metrics": {"dense_val_miou": 0.51, "exported_val_miou": 0.42},
+    "cost": {"dense": {"gflops": 1.5, "ms": 20.0}, "exported": {"gflops": 0.25, "ms": 4.0}},
+    "dense": {"output_stride": 8, "original_stride": 32},
+    "equivalence": {"equivalent": True, "max_rel_error": 3e-7},
+}  # fmt: skip
+
+
 def test_rows_from_checkpoint_and_export_summaries():
-    export = InverseTransferExport()
-    export.summary = {
-        "dirpath": "/runs/exports",
-        "files": ["/runs/exports/model_original.ckpt", "/runs/exports/equivalence.json"],
-        "metrics": {"dense_val_miou": 0.51, "exported_val_miou": 0.51},
-        "dense": {"output_stride": 8, "original_stride": 32},
-        "equivalence": {"equivalent": True, "max_rel_error": 3e-7},
-    }
-    checkpoint = SimpleNamespace(
+    best = SimpleNamespace(
         monitor="val_miou", best_model_score=torch.tensor(0.625),
-        best_model_path="/runs/best.ckpt", last_model_path="/runs/last.ckpt",
+        best_model_path="/runs/best.ckpt", last_model_path="",
     )  # fmt: skip
+    last = SimpleNamespace(monitor=None, best_model_path="/runs/last.ckpt", last_model_path="")
     trainer = SimpleNamespace(
-        checkpoint_callback=checkpoint, callbacks=[checkpoint, export], callback_metrics={}
+        checkpoint_callback=best, checkpoint_callbacks=[best, last], callback_metrics={}
     )
-    rows = dict(fit_summary_rows(trainer, SimpleNamespace(monitor="val_miou")))
+    rows = dict(fit_summary_rows(trainer, SimpleNamespace(monitor="val_miou"), EXPORT))
     assert rows["best val_miou"] == "0.6250"
     assert rows["best checkpoint"] == "/runs/best.ckpt"
-    assert rows["last checkpoint"] == "/runs/last.ckpt"
+    assert rows["last checkpoint"] == "/runs/last.ckpt (the final state)"
     assert rows["output stride"] == "8 (dense) / 32 (exported original)"
     assert rows["exported model"].endswith("every 4th cell of the dense map: 16x fewer positions")
+    assert rows["exported weights"] == (
+        "best: the best val_miou checkpoint (epoch=3.ckpt, epoch 3, step 128)"
+    )
     assert rows["equivalence"] == "equivalent, max relative error 3.0e-07"
-    assert rows["val_miou"] == "dense 0.5100 | exported 0.5100"
+    assert rows["val_miou"] == "dense 0.5100 | exported 0.4200"
     assert rows["export dir"] == "/runs/exports"
-    assert fit_summary_table(trainer, SimpleNamespace()).row_count == 10
+    assert fit_summary_table(trainer, SimpleNamespace(), EXPORT).row_count == 11
+    approximate = {**EXPORT, "approximate": True, "equivalence": {"max_rel_error": 4e-4}}
+    rows = dict(fit_summary_rows(trainer, SimpleNamespace(), approximate))
+    assert rows["equivalence"] == "approximate (strict=False), max relative error 4.0e-04"
+
+
+def test_score_rows_go_from_floor_to_ceiling_with_costs():
+    baselines = {"floor": {"miou": 0.2}, "ceiling": {"miou": 0.9}}
+    rows = score_rows(EXPORT, baselines, ceiling_stride=32)
+    assert [title for title, _, _ in rows] == [
+        "floor: background everywhere", "dense model (stride 8)",
+        "exported model (stride 32)", "ceiling: best label per 32 px cell",
+    ]  # fmt: skip
+    assert rows[1][1:] == ({"miou": 0.51}, {"gflops": 1.5, "ms": 20.0})
+    assert rows[2][1:] == ({"miou": 0.42}, {"gflops": 0.25, "ms": 4.0})
+    table = score_table(rows)
+    assert [c.header for c in table.columns] == ["model", "miou", "GFLOPs", "ms (this machine)"]
+    assert score_rows(None) == []
 
 
 def test_rows_without_checkpoint_or_export_fall_back_to_the_last_value():
     trainer = SimpleNamespace(
-        checkpoint_callback=None, callbacks=[], callback_metrics={"val_map": torch.tensor(0.25)}
-    )
+        checkpoint_callback=None, checkpoint_callbacks=[],
+        callback_metrics={"val_map": torch.tensor(0.25)},
+    )  # fmt: skip
     assert fit_summary_rows(trainer, SimpleNamespace(monitor="val_map")) == [
         ("last val_map", "0.2500")
     ]
 
 
 def test_fit_prints_the_table_after_the_export(tmp_path, seg_task, seg_data, capsys):
-    summary = FitSummary(console_width=200)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_miou", mode="max")
-    # FitSummary first in the list: it still sees the export, which ends before teardown.
     export = InverseTransferExport(dirpath=str(tmp_path / "exports"))
-    _fit(tmp_path, seg_task, seg_data, [summary, checkpoint, export], enable_progress_bar=False)
+    baselines = SegmentationBaselines()
+    # FitSummary first in the list: it still sees the export, which ends before teardown.
+    summary = FitSummary(export=export, baselines=baselines, console_width=200)
+    callbacks = [summary, checkpoint, export, baselines]
+    data = lambda: seg_data(image_size=96)  # noqa: E731 - several 32 px cells per image
+    _fit(tmp_path, seg_task, data, callbacks, enable_progress_bar=False)
     out = capsys.readouterr().out
-    assert "dense-lightning fit summary" in out
+    assert "dense-lightning fit summary" in out and "validation scores" in out
     rows = dict(summary.rows)
     assert rows["best checkpoint"].endswith(".ckpt") and rows["best checkpoint"] in out
+    assert rows["exported weights"].startswith("best: the best val_miou checkpoint")
     assert rows["equivalence"].startswith("equivalent, max relative error")
     assert rows["val_miou"].startswith("dense ") and "| exported " in rows["val_miou"]
     assert str(tmp_path / "exports") in out
+    titles = [title for title, _, _ in summary.scores]
+    assert titles[0].startswith("floor") and titles[-1] == "ceiling: best label per 32 px cell"
+    floor, ceiling = summary.scores[0][1]["miou"], summary.scores[-1][1]["miou"]
+    assert 0 < floor < ceiling <= 1
+    assert summary.scores[1][2]["gflops"] > summary.scores[2][2]["gflops"] > 0  # dense costs more
+
+
+def test_baselines_from_the_targets():
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, :3, :3] = 2  # most of the top-left 4x4 block
+    mask[0, 6, 6] = 255  # ignored pixels do not vote
+    mask[0, 5:, 5:][mask[0, 5:, 5:] == 0] = 1  # 8 of 16 in the last block, plus one ignored
+    labels = block_majority(mask, num_classes=3, stride=4)
+    assert labels[0, 0, 0] == 2 and labels[0, 3, 3] == 2 and labels[0, 0, 7] == 0
+    assert labels[0, 7, 7] == 1  # 8 votes for 1 against 7 for 0: the ignored pixel abstained
+    assert one_hot_logits(labels, 3).argmax(1).equal(labels)
+    with pytest.raises(ValueError):
+        SegmentationBaselines(stride=0)
 
 
 def test_no_summary_when_fit_fails(tmp_path, seg_task, seg_data):
@@ -98,8 +156,12 @@ def test_progress_bar_shows_losses_and_the_monitored_metric(tmp_path, seg_task, 
 
 
 def test_default_callbacks_respect_the_config():
-    kinds = [type(c) for c in default_callbacks({"callbacks": [ModelCheckpoint()]})]
-    assert kinds == [DenseProgressBar, FitSummary]
-    assert default_callbacks({"callbacks": [TQDMProgressBar(), FitSummary()]}) == []
+    export, baselines = InverseTransferExport(), SegmentationBaselines()
+    extra = default_callbacks({"callbacks": [ModelCheckpoint(), export, baselines]})
+    assert [type(c) for c in extra] == [DenseProgressBar, FitSummary]
+    assert extra[1].export is export and extra[1].baselines is baselines  # linked, not searched
+    listed = FitSummary()
+    assert default_callbacks({"callbacks": [TQDMProgressBar(), listed, export]}) == []
+    assert listed.export is export and listed.baselines is None
     disabled = default_callbacks({"enable_progress_bar": False, "callbacks": None})
     assert [type(c) for c in disabled] == [FitSummary]

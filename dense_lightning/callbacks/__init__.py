@@ -1,7 +1,9 @@
-"""Callbacks: dense conversion, inverse-transfer export, pictures, progress and summary."""
+"""Callbacks: dense conversion, inverse-transfer export, baselines, pictures, progress, summary."""
 
-from dense_lightning.callbacks.dense_conversion import DenseConversion
-from dense_lightning.callbacks.export import InverseTransferExport
+from dense_lightning.callbacks.baselines import SegmentationBaselines
+from dense_lightning.callbacks.cost import measure_cost
+from dense_lightning.callbacks.dense_conversion import DenseConversion, restore_dense
+from dense_lightning.callbacks.export import InverseTransferExport, WeightsSource
 from dense_lightning.callbacks.prediction_writer import PredictionImageWriter
 from dense_lightning.callbacks.progress import DenseProgressBar, default_callbacks
 from dense_lightning.callbacks.summary import FitSummary
@@ -13,6 +15,10 @@ __all__ = [
     "FitSummary",
     "InverseTransferExport",
     "PredictionImageWriter",
+    "SegmentationBaselines",
     "ValidationImageLogger",
+    "WeightsSource",
     "default_callbacks",
+    "measure_cost",
+    "restore_dense",
 ]

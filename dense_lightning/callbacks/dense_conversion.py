@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
 from dense_lightning.equivalent import check_output_stride
-from dense_lightning.models import DENSE_STATE_KEY, dense_state, make_dense
+from dense_lightning.errors import ConfigurationError
+from dense_lightning.models import DENSE_STATE_KEY, apply_dense_state, dense_state, make_dense
 
-__all__ = ["DenseConversion"]
+__all__ = ["DenseConversion", "restore_dense"]
 
 
 def get_network(pl_module: LightningModule, attribute: str) -> nn.Module:
@@ -67,7 +72,7 @@ class DenseConversion(Callback):
         network = get_network(pl_module, self.attribute)
         current = dense_state(network)
         if current is not None and current["output_stride"] != self.output_stride:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(pl_module).__name__}.{self.attribute} is already dense at output "
                 f"stride {current['output_stride']}, but DenseConversion asks for "
                 f"{self.output_stride}; keep only one of the two settings."
@@ -90,3 +95,83 @@ class DenseConversion(Callback):
         # would not say it holds a dense network.
         states = checkpoint.setdefault(DENSE_STATE_KEY, {})
         states.setdefault(self.attribute, dense_state(get_network(pl_module, self.attribute)))
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning calls this after setup converted the network and the weights were loaded
+        # into it (the names are the same at every stride). Evaluating or predicting at
+        # another stride than the one trained is the same network, exactly; resuming a fit
+        # at another stride would continue an optimisation at a different resolution.
+        saved = _saved_state(checkpoint, self.attribute)
+        if saved is _MISSING or trainer.state.fn != TrainerFn.FITTING:
+            return
+        saved_stride = saved["output_stride"] if saved else None
+        if saved_stride != self.output_stride:
+            raise ConfigurationError(
+                f"The checkpoint holds {type(pl_module).__name__}.{self.attribute} at output "
+                f"stride {saved_stride}, but DenseConversion asks for {self.output_stride}; "
+                f"resume with output_stride={saved_stride}, or start a new fit from the "
+                "weights (load them and fit without ckpt_path)."
+            )
+
+
+_MISSING: Any = object()
+
+
+def _saved_state(checkpoint: Mapping[str, Any], attribute: str) -> Any:
+    """The recorded dense state of ``attribute``, or ``_MISSING`` when none was recorded."""
+    states = checkpoint.get(DENSE_STATE_KEY)
+    if not isinstance(states, Mapping) or attribute not in states:
+        return _MISSING
+    return states[attribute]
+
+
+def restore_dense(
+    module: nn.Module,
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    attribute: str = "model",
+) -> nn.Module:
+    """Give ``module.<attribute>`` the structure (dense or original) its checkpoint recorded.
+
+    ``load_from_checkpoint`` builds a module from its ``__init__`` (the original structure)
+    and loads the weights, whose names are the same at every stride. ``DenseConversion``
+    records the structure in the checkpoint; this puts it back::
+
+        model = MyModule.load_from_checkpoint(path)
+        restore_dense(model, path, attribute="net")
+
+    or, so that ``load_from_checkpoint`` alone gives the dense model, in the module::
+
+        def on_load_checkpoint(self, checkpoint):
+            restore_dense(self, checkpoint, attribute="net")
+
+    Args:
+        module: the module that holds the network (a LightningModule or any ``nn.Module``).
+        checkpoint: a checkpoint dictionary or the path of one (loaded with ``torch.load``:
+            only load files you trust, as with ``load_from_checkpoint``).
+        attribute: name of the network attribute, as given to ``DenseConversion``.
+
+    Returns:
+        ``module``, with ``module.<attribute>`` converted when the recorded structure differs.
+
+    Raises:
+        ConfigurationError: the checkpoint records no structure for ``attribute``.
+    """
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = _saved_state(checkpoint, attribute)
+    if state is _MISSING:
+        recorded = sorted(checkpoint.get(DENSE_STATE_KEY) or {})
+        raise ConfigurationError(
+            f"The checkpoint records no dense structure for {attribute!r} (it has "
+            f"{recorded or 'none'}); pass the attribute that DenseConversion converted."
+        )
+    network = getattr(module, attribute, None)
+    if not isinstance(network, nn.Module):
+        raise AttributeError(f"{type(module).__name__} has no nn.Module attribute {attribute!r}.")
+    restored = apply_dense_state(network, state)
+    if restored is not network:
+        setattr(module, attribute, restored)
+    return module

@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterable, Iterator
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import lightning
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
+from dense_lightning.callbacks.cost import measure_cost
 from dense_lightning.callbacks.dense_conversion import get_network
+from dense_lightning.callbacks.run_config import run_directory
 from dense_lightning.equivalent import EquivalenceReport, to_original, verify_equivalence
 from dense_lightning.files import atomic_write_all
 from dense_lightning.loggers import log_export_artifacts
 from dense_lightning.models import DENSE_STATE_KEY, dense_state
+from dense_lightning.tasks.protocol import ExportableTask
 
-__all__ = ["InverseTransferExport"]
+__all__ = ["InverseTransferExport", "WeightsSource", "validation_loader"]
 
 CHECKPOINT_NAME = "model_original.ckpt"
 REPORT_NAME = "equivalence.json"
+WEIGHTS = ("best", "last")
+# Entries of Lightning's checkpoint format that only resuming a fit needs; an exported model
+# is loaded with load_from_checkpoint, which reads the weights and the hyperparameters.
+_TRAINING_STATE = ("callbacks", "loops", "lr_schedulers", "optimizer_states")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Which weights an export holds.
+
+    Attributes:
+        kind: ``"best"`` (the best monitored checkpoint) or ``"last"`` (the end of fit).
+        checkpoint: the checkpoint file they come from; ``None`` for the end-of-fit weights.
+        note: why these weights, in words for the summary.
+    """
+
+    kind: Literal["best", "last"]
+    checkpoint: str | None
+    note: str
 
 
 @contextmanager
@@ -40,7 +65,7 @@ def _full_precision_math() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _eval_loader(trainer: Trainer) -> Iterable[Any] | None:
+def validation_loader(trainer: Trainer) -> Iterable[Any] | None:
     """A validation loader; from the DataModule when it has one, so it is not split by rank."""
     datamodule = trainer.datamodule
     if datamodule is not None and is_overridden("val_dataloader", datamodule):
@@ -49,47 +74,75 @@ def _eval_loader(trainer: Trainer) -> Iterable[Any] | None:
     return loaders[0] if isinstance(loaders, list | tuple) and loaders else loaders
 
 
+def _load_weights(network: nn.Module, state_dict: Mapping[str, Tensor], prefix: str) -> nn.Module:
+    """A copy of ``network`` with the weights under ``prefix`` in a module's state dict."""
+    weights = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    loaded = copy.deepcopy(network)
+    # Conversion keeps parameter names, so a dense or original checkpoint loads either way.
+    loaded.load_state_dict(weights, strict=True)
+    return loaded
+
+
 class InverseTransferExport(Callback):
     """At the end of ``fit``, export the original-stride model and prove it equivalent.
 
-    On rank zero, the network in ``pl_module.<attribute>`` goes through ``to_original``
-    and ``verify_equivalence`` against the dense network on a real validation batch. If
-    the check fails, nothing is written and a ``RuntimeError`` says why. Otherwise three
-    files are written atomically (all or none) into the export directory:
+    The weights are those of the best monitored checkpoint (``weights="best"``, the model
+    people deploy) or of the end of fit (``"last"``); without a monitored
+    ``ModelCheckpoint`` that saved a best file, the end-of-fit weights are exported and the
+    summary says so. On rank zero, the network goes through ``to_original`` and
+    ``verify_equivalence`` against the dense network on a real validation batch. A network
+    converted exactly must pass (otherwise nothing is written and a ``RuntimeError`` says
+    why); one converted approximately (``strict=False`` with layers that mix positions,
+    known from the start of fit) is exported labelled ``"approximate"`` with its measured
+    error. Three files are written atomically (all or none) into the export directory:
 
     - ``backbone_<name>.pth``: backbone weights under plain timm names, loadable with
       ``timm.create_model(name, num_classes=0, checkpoint_path=...)`` (tasks only);
-    - ``model_original.ckpt``: a task checkpoint with ``output_stride=None``, loadable with
-      ``<TaskClass>.load_from_checkpoint``;
-    - ``equivalence.json``: the equivalence report, the dense and exported validation
-      metrics (tasks only) and which timm keys the backbone file lacks.
+    - ``model_original.ckpt``: the Lightning checkpoint of those weights (written by
+      Lightning, minus optimizer and loop state), with ``output_stride=None`` and the
+      original structure recorded, loadable with ``<Module>.load_from_checkpoint``;
+    - ``equivalence.json``: the equivalence report, which weights, the dense and exported
+      validation metrics and cost per image (tasks only) and the timm keys the backbone
+      file lacks.
 
-    The ``on_fit_end`` hook is used because the weights are final then; an interrupted run
-    does not reach it and so exports nothing.
+    The result is also kept in :attr:`summary` (the same dictionary as ``equivalence.json``),
+    which ``FitSummary(export=...)`` prints. The ``on_fit_end`` hook is used because the
+    weights are final then; an interrupted run does not reach it and so exports nothing.
+
+    Tasks are used through the ``ExportableTask`` interface: ``evaluate(loader, network=...)``
+    for the metrics and ``timm_backbone_state_dict(network=...)`` for the backbone file. Any
+    other LightningModule gets the checkpoint and the report.
 
     Args:
         dirpath: export directory. Default, like ``ModelCheckpoint``'s:
             ``<save_dir>/<name>/<version>/exports`` of the first logger, or
             ``<default_root_dir>/exports`` without a logger.
+        weights: ``"best"`` (best monitored checkpoint) or ``"last"`` (end of fit).
         attribute: name of the network attribute on the LightningModule.
         image_key: key of the images in a batch dict (tuples use their first element).
         num_images: images from the first validation batch used for the equivalence check.
         rtol: largest accepted error relative to the largest output magnitude.
         evaluate: score the dense and exported networks on the validation set (tasks only).
         eval_batches: stop the evaluation after this many batches (``None``: whole set).
+        measure_cost: report GFLOPs and milliseconds per image of both networks.
         log_artifacts: log the exported files and the report as wandb artifacts to the
             active ``WandbLogger`` run; no-op without one.
+
+    Raises:
+        ValueError: an argument is out of range.
     """
 
     def __init__(
         self,
         dirpath: str | None = None,
+        weights: Literal["best", "last"] = "best",
         attribute: str = "model",
         image_key: str = "image",
         num_images: int = 4,
         rtol: float = 1e-4,
         evaluate: bool = True,
         eval_batches: int | None = None,
+        measure_cost: bool = True,
         log_artifacts: bool = False,
     ) -> None:
         if num_images < 1 or rtol <= 0 or (eval_batches is not None and eval_batches < 1):
@@ -97,58 +150,134 @@ class InverseTransferExport(Callback):
                 f"Need num_images >= 1, rtol > 0 and eval_batches >= 1 or None; got "
                 f"num_images={num_images}, rtol={rtol}, eval_batches={eval_batches}."
             )
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}.")
         self.dirpath = dirpath
+        self.weights = weights
         self.attribute = attribute
         self.image_key = image_key
         self.num_images = num_images
         self.rtol = rtol
         self.evaluate = evaluate
         self.eval_batches = eval_batches
+        self.measure_cost = measure_cost
         self.log_artifacts = log_artifacts
-        #: Summary of the last export (paths, metrics, report), for the CLI to print.
+        #: The last export: the content of ``equivalence.json`` plus nothing else.
         self.summary: dict[str, Any] | None = None
 
     def resolve_dir(self, trainer: Trainer) -> Path:
         """The export directory for ``trainer`` (see ``dirpath``)."""
         if self.dirpath is not None:
             return Path(self.dirpath)
-        if trainer.loggers:
-            logger = trainer.loggers[0]
-            save_dir = logger.save_dir or trainer.default_root_dir
-            version = logger.version
-            version = version if isinstance(version, str) else f"version_{version}"
-            return Path(save_dir, str(logger.name), version, "exports")
-        return Path(trainer.default_root_dir, "exports")
+        return run_directory(trainer) / "exports"
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The network is final by now (tasks convert in __init__, DenseConversion in setup):
+        # say before the first step what the export will be, not after the last.
+        state = dense_state(get_network(pl_module, self.attribute))
+        if state is not None and state["approximate"]:
+            rank_zero_info(
+                f"InverseTransferExport: {type(pl_module).__name__}.{self.attribute} was "
+                "converted approximately (strict=False); the export will be labelled "
+                "'approximate' with its measured error."
+            )
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.export(trainer, pl_module)
+        self.export(trainer, pl_module)
 
-    def export(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        """Verify, then write the export files; return (and keep) a summary.
+    def weights_source(self, trainer: Trainer) -> WeightsSource:
+        """Which weights to export: the best monitored checkpoint, or the end of fit."""
+        checkpoint = trainer.checkpoint_callback
+        monitor = getattr(checkpoint, "monitor", None)
+        if self.weights == "last":
+            return WeightsSource("last", None, "the weights at the end of fit (weights=last)")
+        best = getattr(checkpoint, "best_model_path", "") if monitor else ""
+        if best and Path(best).is_file():
+            return WeightsSource("best", best, f"the best {monitor} checkpoint")
+        return WeightsSource(
+            "last",
+            None,
+            "the weights at the end of fit: no best checkpoint to export (it needs a "
+            "ModelCheckpoint with a monitor that saved a file)",
+        )
+
+    def export(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
+        """Export on every process (saving end-of-fit weights is collective); write on rank 0.
+
+        Returns:
+            The summary on rank zero, ``None`` elsewhere.
 
         Raises:
-            RuntimeError: the exported network is not equivalent (nothing is written).
+            RuntimeError: an exactly converted network does not match its export (nothing is
+                written).
         """
+        # Every rank must agree on the source: the end-of-fit weights are saved collectively.
+        source = trainer.strategy.broadcast(self.weights_source(trainer))
+        checkpoint = self._source_checkpoint(trainer, source)
+        if not trainer.is_global_zero:
+            return None
         dense = get_network(pl_module, self.attribute)
+        if source.checkpoint is not None:
+            dense = _load_weights(dense, checkpoint["state_dict"], f"{self.attribute}.")
+        return self._write(trainer, pl_module, dense, checkpoint, source)
+
+    def _source_checkpoint(self, trainer: Trainer, source: WeightsSource) -> dict[str, Any]:
+        """The Lightning checkpoint of the exported weights (rank zero; ``{}`` elsewhere)."""
+        if source.checkpoint is not None:
+            if not trainer.is_global_zero:
+                return {}
+            return torch.load(source.checkpoint, map_location="cpu", weights_only=False)
+        # Lightning writes the checkpoint of the current weights (hyperparameters, version
+        # and the module's own on_save_checkpoint entries included).
+        scratch = tempfile.mkdtemp(prefix="dense-lightning-") if trainer.is_global_zero else None
+        scratch = trainer.strategy.broadcast(scratch)
+        path = Path(scratch, "final.ckpt")
+        try:
+            trainer.save_checkpoint(path, weights_only=True)
+            if not trainer.is_global_zero:
+                return {}
+            return torch.load(path, map_location="cpu", weights_only=False)
+        finally:
+            if trainer.is_global_zero:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        dense: nn.Module,
+        checkpoint: dict[str, Any],
+        source: WeightsSource,
+    ) -> dict[str, Any]:
         original = to_original(dense).eval()
-        report = self._verify(original, dense, self._images(trainer, pl_module))
+        images = self._images(trainer, pl_module)
+        report = self._verify(original, dense, images)
+        state = dense_state(dense)
+        approximate = bool(state and state["approximate"])
         directory = self.resolve_dir(trainer)
-        if not report.equivalent:
+        if not report.equivalent and not approximate:
             raise RuntimeError(
                 f"InverseTransferExport refused to write to {directory}: the exported network "
                 f"is not equivalent to the dense one (max relative error "
-                f"{report.max_rel_error:.2e} > rtol {self.rtol:.0e}).\n{report}"
+                f"{report.max_rel_error:.2e} > rtol {self.rtol:.0e}), although the network "
+                f"was converted as exact.\n{report}"
             )
-        metrics = self._metrics(trainer, pl_module, original)
-        writers, details = self._payloads(trainer, pl_module, directory)
+        writers, details = self._payloads(pl_module, original, checkpoint, directory)
         report_path = directory / REPORT_NAME
         summary = {
             "dirpath": str(directory),
             "files": sorted(str(p) for p in [*writers, report_path]),
-            "metrics": metrics,
-            "dense": dense_state(dense),
+            "weights": {
+                **asdict(source),
+                "epoch": checkpoint.get("epoch"),
+                "global_step": checkpoint.get("global_step"),
+            },
+            "approximate": approximate,
+            "metrics": self._metrics(trainer, pl_module, dense, original),
+            "cost": self._cost(dense, original, images),
+            "dense": state,
             "equivalence": report.to_dict(),
             **details,
         }
@@ -157,11 +286,11 @@ class InverseTransferExport(Callback):
         self.summary = summary
         if self.log_artifacts:
             log_export_artifacts(trainer, summary["files"], summary)
-        self._announce(summary, report)
+        self._announce(summary)
         return summary
 
     def _images(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        loader = _eval_loader(trainer)
+        loader = validation_loader(trainer)
         loader = trainer.train_dataloader if loader is None else loader
         if loader is None:
             raise RuntimeError("InverseTransferExport needs a validation or training batch.")
@@ -172,57 +301,75 @@ class InverseTransferExport(Callback):
             images = batch[0] if isinstance(batch, list | tuple) else batch
         return images[: self.num_images].to(pl_module.device)
 
-    def _verify(self, original: Any, dense: Any, images: Tensor) -> EquivalenceReport:
-        method = getattr(getattr(dense, "dense_info", None), "method", "forward")
+    def _verify(self, original: nn.Module, dense: nn.Module, images: Tensor) -> EquivalenceReport:
+        method = (dense_state(dense) or {}).get("method", "forward")
         with _full_precision_math():
             return verify_equivalence(original, dense, images, method=method, rtol=self.rtol)
 
     def _metrics(
-        self, trainer: Trainer, pl_module: LightningModule, original: Any
+        self, trainer: Trainer, pl_module: LightningModule, dense: nn.Module, original: nn.Module
     ) -> dict[str, float]:
-        loader = _eval_loader(trainer)
-        if not self.evaluate or loader is None or not hasattr(pl_module, "evaluate"):
+        loader = validation_loader(trainer)
+        if not self.evaluate or loader is None or not isinstance(pl_module, ExportableTask):
             return {}
         limit = 1 if trainer.fast_dev_run else self.eval_batches
         with _full_precision_math():
-            dense = pl_module.evaluate(loader, max_batches=limit)
-            exported = pl_module.evaluate(loader, network=original, max_batches=limit)
-        metrics = {f"dense_val_{k}": v for k, v in dense.items()}
-        metrics |= {f"exported_val_{k}": v for k, v in exported.items()}
+            scores = {
+                name: pl_module.evaluate(loader, network=network, max_batches=limit)
+                for name, network in (("dense", dense), ("exported", original))
+            }
+        metrics = {
+            f"{name}_val_{k}": v for name, values in scores.items() for k, v in values.items()
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return metrics
 
+    def _cost(
+        self, dense: nn.Module, original: nn.Module, images: Tensor
+    ) -> dict[str, dict[str, float]]:
+        if not self.measure_cost:
+            return {}
+        method = (dense_state(dense) or {}).get("method", "forward")
+        return {
+            name: measure_cost(network, images, method=method)
+            for name, network in (("dense", dense), ("exported", original))
+        }
+
     def _payloads(
-        self, trainer: Trainer, pl_module: LightningModule, directory: Path
+        self,
+        pl_module: LightningModule,
+        original: nn.Module,
+        checkpoint: dict[str, Any],
+        directory: Path,
     ) -> tuple[dict[Path, Any], dict[str, Any]]:
         """What to write: file -> writer, plus details for the report."""
-        state_dict = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
-        hparams = dict(pl_module.hparams)
-        if "output_stride" in hparams:
-            hparams["output_stride"] = None  # the exported model runs at its native stride
-        checkpoint = {
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "pytorch-lightning_version": lightning.__version__,
-            "state_dict": state_dict,
-            pl_module.CHECKPOINT_HYPER_PARAMS_KEY: hparams,
-        }
-        pl_module.on_save_checkpoint(checkpoint)  # what the module adds to any checkpoint
+        exported = {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}
+        hparams = exported.get(pl_module.CHECKPOINT_HYPER_PARAMS_KEY)
+        if isinstance(hparams, Mapping) and "output_stride" in hparams:
+            # The exported model runs at its native stride.
+            exported[pl_module.CHECKPOINT_HYPER_PARAMS_KEY] = {**hparams, "output_stride": None}
         # Conversion keeps parameter names, so only this entry says "original".
-        checkpoint[DENSE_STATE_KEY] = {self.attribute: None}
-        writers = {directory / CHECKPOINT_NAME: lambda p: torch.save(checkpoint, p)}
+        exported[DENSE_STATE_KEY] = {**exported.get(DENSE_STATE_KEY, {}), self.attribute: None}
+        writers = {directory / CHECKPOINT_NAME: lambda p: torch.save(exported, p)}
         details: dict[str, Any] = {}
-        if hasattr(pl_module, "timm_backbone_state_dict"):
-            backbone, missing = pl_module.timm_backbone_state_dict()
+        if isinstance(pl_module, ExportableTask):
+            backbone, missing = pl_module.timm_backbone_state_dict(network=original)
             name = pl_module.hparams["backbone"]
             writers[directory / f"backbone_{name}.pth"] = lambda p: torch.save(backbone, p)
             details = {"backbone": name, "backbone_missing_timm_keys": missing}
         return writers, details
 
-    def _announce(self, summary: dict[str, Any], report: EquivalenceReport) -> None:
+    def _announce(self, summary: dict[str, Any]) -> None:
+        weights = summary["weights"]
+        error = summary["equivalence"]["max_rel_error"]
+        label = "approximate" if summary["approximate"] else "equivalence"
         lines = [f"InverseTransferExport: wrote to {summary['dirpath']}{os.sep}"]
         lines += [f"  {Path(p).name}" for p in summary["files"]]
-        lines.append(f"  equivalence: max relative error {report.max_rel_error:.2e}")
+        lines.append(
+            f"  weights: {weights['note']} (epoch {weights['epoch']}, step "
+            f"{weights['global_step']})"
+        )
+        lines.append(f"  {label}: max relative error {error:.2e}")
         lines += [f"  {k} = {v:.4f}" for k, v in summary["metrics"].items()]
         rank_zero_info("\n".join(lines))

@@ -9,6 +9,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from typing_extensions import override
 
+from dense_lightning.callbacks.baselines import SegmentationBaselines
+from dense_lightning.callbacks.export import InverseTransferExport
 from dense_lightning.callbacks.summary import FitSummary
 
 __all__ = ["DenseProgressBar", "default_callbacks"]
@@ -72,6 +74,9 @@ def default_callbacks(trainer_config: Mapping[str, Any]) -> list[Callback]:
       progress bar (two progress bars are an error in Lightning);
     - :class:`~dense_lightning.callbacks.FitSummary`, unless the config lists one.
 
+    The summary, new or listed, is given the config's ``InverseTransferExport`` and
+    ``SegmentationBaselines`` callbacks (the first of each), whose results it prints.
+
     Args:
         trainer_config: the trainer's arguments with ``callbacks`` instantiated (what
             ``LightningCLI.instantiate_trainer`` receives in ``config_init``).
@@ -82,6 +87,13 @@ def default_callbacks(trainer_config: Mapping[str, Any]) -> list[Callback]:
     wants_bar = trainer_config.get("enable_progress_bar", True) is not False
     if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         extra.append(DenseProgressBar())
-    if not any(isinstance(c, FitSummary) for c in callbacks):
-        extra.append(FitSummary())
+    summaries = [c for c in callbacks if isinstance(c, FitSummary)]
+    if not summaries:
+        summaries = [FitSummary()]
+        extra.extend(summaries)
+    export = next((c for c in callbacks if isinstance(c, InverseTransferExport)), None)
+    baselines = next((c for c in callbacks if isinstance(c, SegmentationBaselines)), None)
+    for summary in summaries:
+        summary.export = summary.export or export
+        summary.baselines = summary.baselines or baselines
     return extra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -13,10 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from typing_extensions import override
 
+from dense_lightning.callbacks.baselines import SegmentationBaselines
 from dense_lightning.callbacks.export import InverseTransferExport
 from dense_lightning.viz.draw import ordinal
 
-__all__ = ["FitSummary", "fit_summary_rows", "fit_summary_table"]
+__all__ = ["FitSummary", "fit_summary_rows", "fit_summary_table", "score_rows", "score_table"]
 
 Row = tuple[str, str]
 
@@ -31,14 +33,6 @@ def _number(value: Any) -> str:
     return f"{value:.1e}" if value != 0 and abs(value) < 1e-3 else f"{value:.4f}"
 
 
-def _export_summary(trainer: Trainer) -> Mapping[str, Any] | None:
-    """The summary of the last ``InverseTransferExport`` that exported, if any."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, InverseTransferExport) and callback.summary:
-            return callback.summary
-    return None
-
-
 def _checkpoint_rows(trainer: Trainer, pl_module: LightningModule) -> list[Row]:
     checkpoint = trainer.checkpoint_callback
     monitor = getattr(checkpoint, "monitor", None) or getattr(pl_module, "monitor", None)
@@ -48,12 +42,23 @@ def _checkpoint_rows(trainer: Trainer, pl_module: LightningModule) -> list[Row]:
         rows.append((f"best {monitor}", _number(best)))
     elif monitor and monitor in trainer.callback_metrics:
         rows.append((f"last {monitor}", _number(trainer.callback_metrics[monitor])))
-    if checkpoint is not None:
+    if checkpoint is not None and getattr(checkpoint, "monitor", None):
         rows.append(("best checkpoint", getattr(checkpoint, "best_model_path", "") or "-"))
-        last = getattr(checkpoint, "last_model_path", "")
-        if last:
-            rows.append(("last checkpoint", last))
+    last = _last_checkpoint(trainer)
+    if last:
+        rows.append(("last checkpoint", f"{last} (the final state)"))
     return rows
+
+
+def _last_checkpoint(trainer: Trainer) -> str:
+    """The checkpoint of the latest state: ``save_last``'s, or an unmonitored callback's."""
+    for callback in getattr(trainer, "checkpoint_callbacks", []):
+        if getattr(callback, "last_model_path", ""):
+            return callback.last_model_path
+    for callback in getattr(trainer, "checkpoint_callbacks", []):
+        if getattr(callback, "monitor", None) is None and getattr(callback, "best_model_path", ""):
+            return callback.best_model_path
+    return ""
 
 
 def _export_rows(summary: Mapping[str, Any]) -> list[Row]:
@@ -71,8 +76,21 @@ def _export_rows(summary: Mapping[str, Any]) -> list[Row]:
                     f"{factor * factor}x fewer positions",
                 )
             )
+    weights = summary.get("weights") or {}
+    if weights:
+        source = Path(weights["checkpoint"]).name if weights.get("checkpoint") else "end of fit"
+        rows.append(
+            (
+                "exported weights",
+                f"{weights.get('kind')}: {weights.get('note')} ({source}, epoch "
+                f"{weights.get('epoch')}, step {weights.get('global_step')})",
+            )
+        )
     equivalence = summary.get("equivalence", {})
-    verdict = "equivalent" if equivalence.get("equivalent") else "NOT equivalent"
+    if summary.get("approximate"):
+        verdict = "approximate (strict=False)"
+    else:
+        verdict = "equivalent" if equivalence.get("equivalent") else "NOT equivalent"
     error = equivalence.get("max_rel_error")
     error = "-" if error is None else f"{float(error):.1e}"
     rows.append(("equivalence", f"{verdict}, max relative error {error}"))
@@ -87,34 +105,92 @@ def _export_rows(summary: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def fit_summary_rows(trainer: Trainer, pl_module: LightningModule) -> list[Row]:
-    """The summary as ``(what, value)`` rows: checkpoints, then the export (when it ran).
+def fit_summary_rows(
+    trainer: Trainer, pl_module: LightningModule, export: Mapping[str, Any] | None = None
+) -> list[Row]:
+    """The summary as ``(what, value)`` rows: checkpoints, then the export (when given).
 
-    Rows: the best monitored score and the best and last checkpoint paths (from
-    ``trainer.checkpoint_callback``), then, from the ``InverseTransferExport`` callback's
-    ``summary``: the dense and original strides, the equivalence verdict and largest
-    relative error, each validation metric of the dense and the exported model, the export
-    directory and its files.
+    Rows: the best monitored score, the best and last checkpoint paths (from the trainer's
+    ``ModelCheckpoint`` callbacks), then, from ``export`` (``InverseTransferExport.summary``):
+    the dense and original strides, which weights were exported, the equivalence verdict and
+    largest relative error, each validation metric of the dense and the exported model, the
+    export directory and its files.
     """
     rows = _checkpoint_rows(trainer, pl_module)
-    export = _export_summary(trainer)
-    if export is not None:
+    if export:
         rows.extend(_export_rows(export))
     return rows
 
 
-def fit_summary_table(trainer: Trainer, pl_module: LightningModule) -> Table:
+def fit_summary_table(
+    trainer: Trainer, pl_module: LightningModule, export: Mapping[str, Any] | None = None
+) -> Table:
     """:func:`fit_summary_rows` as a ``rich`` table."""
     table = Table(title="dense-lightning fit summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold cyan", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for what, value in fit_summary_rows(trainer, pl_module):
+    for what, value in fit_summary_rows(trainer, pl_module, export):
         table.add_row(what, value)
     return table
 
 
+ScoreRow = tuple[str, dict[str, float], dict[str, float]]
+
+
+def score_rows(
+    export: Mapping[str, Any] | None,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+    ceiling_stride: int | None = None,
+) -> list[ScoreRow]:
+    """Validation scores and cost per image, from the floor up to the ceiling.
+
+    Returns:
+        ``(model, metrics, cost)`` rows: the floor, the dense model, the exported model and
+        the ceiling, each when known; metrics are unprefixed (``miou``), cost has ``gflops``
+        and ``ms``.
+    """
+    export = export or {}
+    baselines = baselines or {}
+    metrics = export.get("metrics", {})
+    cost = export.get("cost", {})
+    dense = export.get("dense") or {}
+    rows: list[ScoreRow] = []
+    if "floor" in baselines:
+        rows.append(("floor: background everywhere", dict(baselines["floor"]), {}))
+    for name, label in (("dense", "output"), ("exported", "original")):
+        values = {
+            k.removeprefix(f"{name}_val_"): v
+            for k, v in metrics.items()
+            if k.startswith(f"{name}_val_")
+        }
+        stride = dense.get(f"{label}_stride")
+        title = f"{name} model" + (f" (stride {stride})" if stride else "")
+        if values or name in cost:
+            rows.append((title, values, dict(cost.get(name, {}))))
+    if "ceiling" in baselines:
+        stride = f" {ceiling_stride} px" if ceiling_stride else ""
+        rows.append((f"ceiling: best label per{stride} cell", dict(baselines["ceiling"]), {}))
+    return rows
+
+
+def score_table(rows: list[ScoreRow]) -> Table:
+    """:func:`score_rows` as a ``rich`` table: one column per metric, then the cost."""
+    names = sorted({key for _, values, _ in rows for key in values})
+    table = Table(title="validation scores, cost per image", title_justify="left")
+    table.add_column("model", style="bold cyan", no_wrap=True)
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("GFLOPs", justify="right")
+    table.add_column("ms (this machine)", justify="right")
+    for title, values, cost in rows:
+        gflops = f"{cost['gflops']:.2f}" if "gflops" in cost else "-"
+        ms = f"{cost['ms']:.1f}" if "ms" in cost else "-"
+        table.add_row(title, *(_number(values.get(n)) for n in names), gflops, ms)
+    return table
+
+
 class FitSummary(Callback):
-    """Print :func:`fit_summary_table` when ``fit`` ends, on rank zero.
+    """Print the fit summary and the score table when ``fit`` ends, on rank zero.
 
     The hook is ``teardown`` (stage ``"fit"``): Lightning calls it after every callback's
     ``on_fit_end``, so the export has been written whatever the order of the callbacks,
@@ -122,38 +198,63 @@ class FitSummary(Callback):
     score and the equivalence error also go to the run summary (``best_<monitor>``,
     ``equivalence_max_rel_error``), where a sweep or a runs table can read them.
 
+    The ``dense-lightning`` command links the run's ``InverseTransferExport`` and
+    ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them.
+
     Args:
-        console_width: width of the table; default the terminal's.
+        export: the export callback whose :attr:`~InverseTransferExport.summary` is shown.
+        baselines: reference scores (floor and ceiling) shown beside the models.
+        console_width: width of the tables; default the terminal's.
     """
 
-    def __init__(self, console_width: int | None = None) -> None:
+    def __init__(
+        self,
+        export: InverseTransferExport | None = None,
+        baselines: SegmentationBaselines | None = None,
+        console_width: int | None = None,
+    ) -> None:
+        self.export = export
+        self.baselines = baselines
         self.console_width = console_width
         #: Rows of the last summary printed.
         self.rows: list[Row] = []
+        #: Score rows of the last summary printed.
+        self.scores: list[ScoreRow] = []
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
             return
-        self.rows = fit_summary_rows(trainer, pl_module)
+        export = self.export.summary if self.export is not None else None
+        self.rows = fit_summary_rows(trainer, pl_module, export)
+        baselines = self.baselines
+        self.scores = score_rows(
+            export,
+            baselines.scores if baselines is not None else None,
+            baselines.ceiling_stride if baselines is not None else None,
+        )
         bar = trainer.progress_bar_callback
         if isinstance(bar, RichProgressBar):
             # Stop the live bar first (its own teardown may come later and does nothing
             # then), or it is redrawn below the table.
             bar.teardown(trainer, pl_module, stage)
-        Console(width=self.console_width).print(fit_summary_table(trainer, pl_module))
-        self._update_wandb_summary(trainer, pl_module)
+        console = Console(width=self.console_width)
+        console.print(fit_summary_table(trainer, pl_module, export))
+        if self.scores:
+            console.print(score_table(self.scores))
+        self._update_wandb_summary(trainer, pl_module, export)
 
     @staticmethod
-    def _update_wandb_summary(trainer: Trainer, pl_module: LightningModule) -> None:
+    def _update_wandb_summary(
+        trainer: Trainer, pl_module: LightningModule, export: Mapping[str, Any] | None
+    ) -> None:
         values: dict[str, float] = {}
         checkpoint = trainer.checkpoint_callback
         monitor = getattr(checkpoint, "monitor", None) or getattr(pl_module, "monitor", None)
         best = getattr(checkpoint, "best_model_score", None)
         if monitor and best is not None:
             values[f"best_{monitor}"] = float(best)
-        export = _export_summary(trainer)
-        if export is not None and "max_rel_error" in export.get("equivalence", {}):
+        if export and "max_rel_error" in export.get("equivalence", {}):
             values["equivalence_max_rel_error"] = float(export["equivalence"]["max_rel_error"])
         for logger in trainer.loggers:
             if values and isinstance(logger, WandbLogger):
