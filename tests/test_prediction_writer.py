@@ -135,8 +135,9 @@ def test_rejects_bad_arguments_and_batches(tmp_path):
         writer.write_on_batch_end(None, None, None, None, (torch.zeros(1),), 0, 0)
 
 
-def test_predict_command_writes_pictures(run_cli, tmp_path):
+def test_predict_command_writes_pictures_and_says_where(run_cli, tmp_path, caplog):
     out = tmp_path / "cli_pictures"
+    caplog.set_level(logging.INFO)
     run_cli(
         "predict", "--config", REPO / "configs/segmentation/quickstart.yaml",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false",
@@ -148,3 +149,4 @@ def test_predict_command_writes_pictures(run_cli, tmp_path):
     )  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["image_000000.png", "image_000001.png"]
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporary files
+    assert f"PredictionImageWriter: wrote 2 PNG files to {out.resolve()}" in caplog.text

@@ -10,7 +10,7 @@ block, has the colour of the small dense cell at its centre; those dense cells a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +254,8 @@ def render_dense_vs_original(
     note = (
         f"Outlined: dense cells {k}i, each equal to original cell i "
         f"(max difference {_number(max_abs)}, relative {_number(max_rel)})."
+        if not math.isnan(max_rel)
+        else f"Outlined: dense cells {k}i. The maps' shapes differ (approximate conversion)."
     )
     return DenseComparison(footer(picture, note), k, max_abs, max_rel, geometry)
 
@@ -263,7 +265,9 @@ def _number(value: float) -> str:
     return "0" if value == 0 else f"{value:.1e}"
 
 
-def _colour(output: Any, maps: tuple[Tensor, Tensor], ctx: VizContext) -> tuple[list[Tensor], Any]:
+def _colour(
+    output: Any, maps: tuple[Tensor, Tensor], ctx: VizContext
+) -> tuple[list[Tensor], Callable[[int], Tensor]]:
     """Both maps in colours on one scale, ``[B, 3, h, w]`` each, and their guide's maker."""
     if _is_class_logits(output, maps[0]):
         num_classes = int(maps[0].shape[1])
