@@ -318,7 +318,11 @@ def _tensorboard_images(logger):
     return {tag: events.Images(tag) for tag in events.Tags()["images"]}
 
 
-@pytest.mark.parametrize("task_name", ["segmentation", "detection", "keypoints"])
+@pytest.mark.parametrize(
+    "task_name",
+    ["segmentation", pytest.param("detection", marks=pytest.mark.slow),
+     pytest.param("keypoints", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_validation_pictures_reach_tensorboard(tmp_path, seg_task, seg_data, task_name):
     torch.manual_seed(0)
     task, data = {
