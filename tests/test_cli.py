@@ -25,13 +25,6 @@ SMALL = [
 ]  # fmt: skip
 
 
-# Raise sites that still raise a plain ValueError: a bug-like traceback until they raise
-# ConfigurationError (models/backbone.py check_backbone_name, equivalent check_output_stride).
-PLAIN_VALUE_ERROR = pytest.mark.xfail(
-    strict=True, reason="raise site still raises ValueError, not ConfigurationError"
-)
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -42,17 +35,9 @@ PLAIN_VALUE_ERROR = pytest.mark.xfail(
         (["--model.init_args.optimizer", "rmsprop"], "got 'rmsprop'"),
         (["--model.init_args.checkpoint_path", "missing.pth"], "no such file: missing.pth"),
         (["--model.init_args.fancy", "1"], "unknown option 'fancy'"),
-        pytest.param(
-            ["--model.init_args.backbone", "resnet181"],
-            "Did you mean: resnet18",
-            marks=PLAIN_VALUE_ERROR,
-        ),
-        pytest.param(
-            ["--model.init_args.output_stride", "3"], "power of two", marks=PLAIN_VALUE_ERROR
-        ),
-        pytest.param(
-            ["--model.init_args.output_stride", "64"], "not reachable", marks=PLAIN_VALUE_ERROR
-        ),
+        (["--model.init_args.backbone", "resnet181"], "Did you mean: resnet18"),
+        (["--model.init_args.output_stride", "3"], "power of two"),
+        (["--model.init_args.output_stride", "64"], "not reachable"),
     ],
 )
 def test_bad_values_fail_before_training_in_one_line(

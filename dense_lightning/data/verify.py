@@ -20,6 +20,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from dense_lightning.errors import ConfigurationError
+
 __all__ = [
     "MASK_MODES",
     "DatasetError",
@@ -47,7 +49,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigurationError):
     """A dataset on disk is missing or holds bad files; the message names them and the fix."""
 
 

@@ -21,6 +21,7 @@ from dense_lightning.equivalent.phase import PhaseRegion, remove_regions
 from dense_lightning.equivalent.proof import prove
 from dense_lightning.equivalent.regions import RegionPlan, plan_regions
 from dense_lightning.equivalent.trace import LayerTrace, ModelTrace, trace_model
+from dense_lightning.errors import ConfigurationError
 
 __all__ = [
     "DenseInfo",
@@ -40,17 +41,17 @@ def check_output_stride(output_stride: object, model_stride: int | None = None) 
         ValueError: Naming the problem and the allowed values.
     """
     if isinstance(output_stride, bool) or not isinstance(output_stride, int):
-        raise ValueError(
+        raise ConfigurationError(
             f"output_stride must be an integer power of two, got {output_stride!r} "
             f"({type(output_stride).__name__})"
         )
     if output_stride < 1 or output_stride & (output_stride - 1):
-        raise ValueError(
+        raise ConfigurationError(
             f"output_stride must be a power of two (1, 2, 4, 8...), got {output_stride}"
         )
     if model_stride is not None and (output_stride > model_stride or model_stride % output_stride):
         allowed = [2**i for i in range(model_stride.bit_length()) if model_stride % 2**i == 0]
-        raise ValueError(
+        raise ConfigurationError(
             f"output_stride {output_stride} is not reachable: the model's stride is "
             f"{model_stride}; choose one of {allowed}"
         )
@@ -212,9 +213,9 @@ def to_dense(
     """
     check_output_stride(output_stride)
     if is_dense(model):
-        raise ValueError("the model is already dense; call to_original() on it first")
+        raise ConfigurationError("the model is already dense; call to_original() on it first")
     if not callable(getattr(model, method, None)):
-        raise ValueError(f"{type(model).__name__} has no method {method!r} to trace")
+        raise ConfigurationError(f"{type(model).__name__} has no method {method!r} to trace")
     trace = trace_model(model, method, probe_size)
     check_output_stride(output_stride, trace.stride)
     plan = _plan(trace, output_stride)

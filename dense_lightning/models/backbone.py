@@ -33,7 +33,7 @@ def check_backbone_name(name: str) -> None:
         return
     matches = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-    raise ValueError(
+    raise ConfigurationError(
         f"Unknown backbone {name!r}: timm has no model of that name.{hint} "
         "See timm.list_models() for the available names."
     )
@@ -149,7 +149,7 @@ def timm_state_dict(backbone: nn.Module, name: str) -> tuple[dict[str, torch.Ten
         if plain is None:
             raise KeyError(f"Backbone key {key!r} has no counterpart in timm model {name!r}.")
         if reference[plain].shape != value.shape:
-            raise ValueError(
+            raise ConfigurationError(
                 f"Backbone key {key!r} -> {plain!r}: shape {tuple(value.shape)} != "
                 f"{tuple(reference[plain].shape)} in timm model {name!r}."
             )

@@ -119,13 +119,13 @@ class BaseTask(LightningModule, ABC):
         if hp.output_stride is not None:
             check_output_stride(hp.output_stride)
         if hp.lr <= 0 or hp.weight_decay < 0 or hp.warmup_steps < 0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"Need lr > 0, weight_decay >= 0 and warmup_steps >= 0; got lr={hp.lr}, "
                 f"weight_decay={hp.weight_decay}, warmup_steps={hp.warmup_steps}."
             )
         weights = {name: hp[f"{name}_weight"] for name in self.loss_names if f"{name}_weight" in hp}
         if weights and min(weights.values()) < 0:
-            raise ValueError(f"Loss weights must be >= 0, got {weights}.")
+            raise ConfigurationError(f"Loss weights must be >= 0, got {weights}.")
 
     def _check_literals(self) -> None:
         """Check every ``Literal``-typed argument of the task's ``__init__`` chain.
@@ -143,7 +143,7 @@ class BaseTask(LightningModule, ABC):
                     continue
                 allowed = get_args(hint)
                 if self.hparams[name] not in allowed:
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"Unknown {name} {self.hparams[name]!r}; choose one of "
                         f"{', '.join(map(repr, allowed))}."
                     )

@@ -10,6 +10,7 @@ from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from dense_lightning.equivalent.cells import CellGeometry
+from dense_lightning.errors import ConfigurationError
 from dense_lightning.ops import encode_detection_targets
 from dense_lightning.tasks.base import BaseTask
 
@@ -42,13 +43,13 @@ class CenterNetTask(BaseTask):
         super().check_hparams()
         hp = self.hparams
         if hp.num_classes < 1 or hp.head_channels < 1 or hp.max_detections < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 "num_classes, head_channels and max_detections must be >= 1; got "
                 f"{hp.num_classes}, {hp.head_channels}, {hp.max_detections}."
             )
         for name in ("score_threshold", "nms_iou_threshold"):
             if not 0.0 <= hp[name] <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {hp[name]}.")
+                raise ConfigurationError(f"{name} must be in [0, 1], got {hp[name]}.")
 
     def centre_targets(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
+from dense_lightning.errors import ConfigurationError
 from dense_lightning.metrics import PCK, KeypointAP, keypoint_sigmas
 from dense_lightning.models.heads.heatmap import PoseHead
 from dense_lightning.ops import (
@@ -105,9 +106,9 @@ class KeypointEstimationTask(CenterNetTask):
         super().check_hparams()
         hp = self.hparams
         if hp.num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be >= 1, got {hp.num_keypoints}.")
+            raise ConfigurationError(f"num_keypoints must be >= 1, got {hp.num_keypoints}.")
         if not 0.0 <= hp.keypoint_threshold <= 1.0 or hp.pck_threshold <= 0:
-            raise ValueError(
+            raise ConfigurationError(
                 "Need keypoint_threshold in [0, 1] and pck_threshold > 0; got "
                 f"{hp.keypoint_threshold}, {hp.pck_threshold}."
             )

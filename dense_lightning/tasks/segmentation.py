@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from typing_extensions import override
 
 from dense_lightning.equivalent.cells import lattice_upsample
+from dense_lightning.errors import ConfigurationError
 from dense_lightning.models import SegmentationHeadName, build_segmentation_head
 from dense_lightning.tasks.base import BaseTask
 
@@ -64,11 +65,11 @@ class SemanticSegmentationTask(BaseTask):
         super().check_hparams()
         hp = self.hparams
         if hp.num_classes < 2:
-            raise ValueError(
+            raise ConfigurationError(
                 f"num_classes must be >= 2 (background included), got {hp.num_classes}"
             )
         if hp.class_weights is not None and len(hp.class_weights) != hp.num_classes:
-            raise ValueError(
+            raise ConfigurationError(
                 f"class_weights has {len(hp.class_weights)} values but num_classes is "
                 f"{hp.num_classes}; give one weight per class."
             )
