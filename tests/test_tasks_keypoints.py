@@ -7,7 +7,7 @@ from lightning.pytorch import Trainer, seed_everything
 from PIL import Image
 
 from dense_lightning.data import SyntheticKeypointsDataModule
-from dense_lightning.equivalent import is_dense, to_original
+from dense_lightning.equivalent import to_original
 from dense_lightning.tasks import KeypointEstimationTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "keypoints"
@@ -112,34 +112,6 @@ SMALL_RUN = [
 ]
 
 
-def _run_all_subcommands(run_cli, config, tmp_path, extra):
-    base = [f"--config={config}", *SMALL_RUN, *extra]
-    fit = run_cli("fit", *base)
-    assert is_dense(fit.model.model)
-    exports = tmp_path / "exports"
-    report = json.loads((exports / "equivalence.json").read_text())
-    assert report["equivalence"]["equivalent"]
-    assert {"dense_val_keypoint_ap", "exported_val_pck"} <= set(report["metrics"])
-    # The run-time output stride is the config's or the command line's; null runs the exported
-    # structure as saved.
-    checkpoint = f"--ckpt_path={exports / 'model_original.ckpt'}"
-    validate = run_cli("validate", *base, checkpoint, "--model.init_args.output_stride=null")
-    assert not is_dense(validate.model.model)
-    assert {"val_keypoint_ap", "val_pck"} <= set(validate.trainer.callback_metrics)
-    test = run_cli("test", *base, checkpoint)
-    assert "test_keypoint_ap_50" in test.trainer.callback_metrics
-    predict = run_cli("predict", *base, checkpoint)
-    first = predict.trainer.predict_loop.predictions[0][0]
-    assert {"keypoints", "orig_keypoints", "boxes", "scores", "image_id"} <= set(first)
-    restored = KeypointEstimationTask.load_from_checkpoint(exports / "model_original.ckpt")
-    assert restored.hparams.output_stride is None
-
-
-def test_quickstart_config_through_cli(run_cli, tmp_path):
-    extra = ["--data.init_args.num_train=4", "--data.init_args.num_val=4"]
-    _run_all_subcommands(run_cli, CONFIGS / "quickstart.yaml", tmp_path, extra)
-
-
 def write_tiny_coco_keypoints(root: Path, num_images: int = 3) -> None:
     """COCO person-keypoint files (17 keypoints) with a few PNG/JPEG images per split."""
     gen = torch.Generator().manual_seed(0)
@@ -187,12 +159,6 @@ def _coco_args(root):
         "--data.init_args.val_images=val",
         "--data.init_args.image_size=64",
     ]
-
-
-def test_coco_config_through_cli(run_cli, tmp_path):
-    root = tmp_path / "coco"
-    write_tiny_coco_keypoints(root)
-    _run_all_subcommands(run_cli, CONFIGS / "coco.yaml", tmp_path, _coco_args(root))
 
 
 def test_coco_config_refuses_wrong_num_keypoints(run_cli, tmp_path, capsys):

@@ -12,8 +12,8 @@ from torch import nn
 
 from dense_lightning.equivalent import (
     batch_to_space,
-    model_stride,
     execution_choices,
+    model_stride,
     set_execution,
     space_to_batch,
     to_dense,
