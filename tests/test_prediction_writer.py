@@ -89,10 +89,10 @@ def test_writes_the_dense_picture_beside_each_prediction(tmp_path, name):
     _predict(tmp_path, make_task(), make_data(), writer)
     expected = sorted([*NAMES, *(n.replace(".png", "_dense.png") for n in NAMES)])
     assert sorted(p.name for p in out.iterdir()) == expected
-    # Target | prediction per image; input | original | dense and a guide in the dense picture.
-    with Image.open(out / NAMES[0]) as pred, Image.open(out / expected[1]) as dense:
-        assert expected[1] == "image_000000_dense.png"
-        assert dense.width > pred.width
+    # Input | original | dense (64 px each) and a legend or colour bar in the dense picture.
+    assert expected[1] == "image_000000_dense.png"
+    with Image.open(out / expected[1]) as dense:
+        assert dense.width > 2 + 3 * (64 + 2) and dense.height > 64
 
 
 def test_default_folder_and_no_dense_picture_for_an_original_network(tmp_path):
