@@ -297,14 +297,17 @@ def trace_model(
     was_training = model.training
     model.eval()
     try:
-        sizes = probe_sizes(model, probe_size)
-        for attempt, size in enumerate(sizes):
+        # A model that rejects the default probes (a fixed position table, a minimum size)
+        # is probed at its configured size, and at a smaller step above it.
+        attempts = [(size, delta) for size in probe_sizes(model, probe_size)]
+        attempts.append((attempts[-1][0], delta // 2))
+        for attempt, (size, delta) in enumerate(attempts):
             try:
                 p1 = _run_probe(model, method, size, in_chans)
                 p2 = _run_probe(model, method, size + delta, in_chans)
                 break
             except ValueError:
-                if attempt == len(sizes) - 1:
+                if attempt == len(attempts) - 1:
                     raise
     finally:
         model.train(was_training)
