@@ -4,6 +4,7 @@ Helpers are fixtures (factories) because the suite may run with ``--import-mode=
 where test modules cannot import each other.
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,19 @@ def _offline_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
     # No network here; a config with a WandbLogger must still run (and leave the real env alone).
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _lightning_messages_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Lightning stops its logger propagating when it is first imported while the root logger has
+    # no handler, which depends on test order; caplog listens on the root logger. Benchmarks run
+    # in-process quieten Lightning's loggers: give each test the levels the session started with.
+    names = ("lightning", "lightning.pytorch", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture

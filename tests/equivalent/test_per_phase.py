@@ -30,7 +30,7 @@ PER_PHASE_FAMILIES = [
     Family("lcnet_050"),
     Family("mixnet_s"),  # mixed kernel sizes + SE
     Family("resnest14d", (64,)),  # split attention (radix softmax over a spatial mean)
-    Family("convnextv2_atto", regions=("stages.2.blocks.0",)),  # GRN: a spatial norm
+    Family("convnextv2_atto", regions=("stages_2.blocks.0.mlp.grn",)),  # GRN: a spatial norm
     Family("resnet18", kwargs={"norm_layer": timm.layers.GroupNorm}),  # group norm statistics
     Family("hrnet_w18_small", (64,)),  # nearest upsampling between lattices in fuse layers
     Family("edgenext_xx_small", (64,)),  # attention over positions inside a CNN
@@ -42,7 +42,9 @@ STRIDES = [pytest.param(16, marks=pytest.mark.slow), 8, pytest.param(4, marks=py
 @pytest.mark.parametrize("family", PER_PHASE_FAMILIES, ids=str)
 def test_per_phase_family_equivalent(make_model, family, output_stride):
     dense = check_features_only(make_model, family, output_stride)
-    assert dense.dense_info.regions
+    # At output stride 16 only the last stage is dense; resnest14d has one block there, whose
+    # split attention runs before its strided pool, on the original lattice, so needs no region.
+    assert dense.dense_info.regions or (output_stride == 16 and family.name == "resnest14d")
 
 
 def test_group_norm_trunk_inverts_into_timm(make_model):
