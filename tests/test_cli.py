@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from dense_lightning.cli import one_line, user_error
-from dense_lightning.equivalent import is_dense
+from dense_lightning.equivalent import get_dense_info, is_dense
 from dense_lightning.tasks import SemanticSegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,3 +228,27 @@ def test_two_process_cpu_ddp_fit_exports(tmp_path, quickstart):
     assert names == ["backbone_test_resnet.pth", "equivalence.json", "model_original.ckpt"]
     report = json.loads((exports / "equivalence.json").read_text())
     assert report["equivalence"]["equivalent"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "region"), [
+    ("efficientnet_b0", "blocks.3.0.se"), ("regnety_002", "s3.b1.se"),
+])  # fmt: skip
+def test_squeeze_excitation_backbones_fit_per_phase_and_export_verified(
+    run_cli, quickstart, tmp_path, backbone, region
+):
+    # Their SE gates pool globally: they run per phase, so the fit is strict and the export exact.
+    cli = run_cli(
+        "fit", "--config", quickstart, *SMALL, "--model.init_args.backbone", backbone,
+        "--model.init_args.output_stride", "8", "--data.init_args.image_size", "64",
+        "--trainer.max_epochs", "1",
+    )  # fmt: skip
+    info = get_dense_info(cli.model.model)
+    assert not info.approximate and f"backbone.{region}" in {r.module for r in info.regions}
+    exports = tmp_path / "lightning_logs" / "version_0" / "exports"
+    report = json.loads((exports / "equivalence.json").read_text())
+    assert report["equivalence"]["equivalent"] and not report["approximate"]
+    fresh = timm.create_model(backbone, pretrained=False, num_classes=0)
+    state = torch.load(exports / f"backbone_{backbone}.pth", weights_only=True)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    assert not unexpected and all(not k.startswith(("blocks", "s1", "s2", "s3")) for k in missing)
