@@ -145,8 +145,7 @@ def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
         reason = op.breaks(output_stride)
         if reason is not None:
             breaking.append((op, reason))
-    geometries = {name: geometry for name, (_, geometry) in replacements.items()}
-    regions, unfixed = plan_regions(trace, output_stride, breaking, geometries)
+    regions, unfixed = plan_regions(trace, output_stride, breaking)
     return _Plan(replacements, regions, _unique(findings + unfixed))
 
 

@@ -13,9 +13,13 @@ layer inside uses the geometry of its phases (:func:`phase_geometry`). Two reaso
 - **Speed** (chosen by :func:`~dense_lightning.equivalent.execution.set_execution`): dilated
   kernels become ordinary kernels on phases, as in TensorFlow's atrous space-to-batch.
 
-A region may also change the step (fixed-factor resampling such as nearest or bilinear
-upsampling between two lattices): each output phase is computed from the input phase that the
-original computation on that view reads.
+A required region runs the original module on the original network's views of its input:
+output phase ``u`` is the module, unchanged, applied to the input view ``x[u::step]``
+(:func:`gather_views`). With equal steps the views are the phases (:func:`space_to_batch`);
+across a stride (a strided block holding a functional pool, a blur filter or a selective-kernel
+gate) and between two lattices (nearest or bilinear upsampling) they are the input views of
+each output phase. Everything inside a required region is the original network, so it is
+exact whatever it computes.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ __all__ = [
     "batch_to_space",
     "execute",
     "fastest",
+    "gather_views",
     "phase_geometry",
-    "select_phases",
     "space_to_batch",
 ]
 
@@ -73,14 +77,34 @@ def batch_to_space(x: torch.Tensor, step: Step) -> torch.Tensor:
     return x.reshape(b // (sh * sw), *mid, h * sh, w * sw)
 
 
-def select_phases(x: torch.Tensor, step: Step, keep: Step) -> torch.Tensor:
-    """Of the phases of ``space_to_batch(x, step)``, keep those with index below ``keep``."""
-    (sh, sw), (kh, kw) = step, keep
-    phases = space_to_batch(x, step)
-    if (kh, kw) == (sh, sw):
-        return phases
-    grid = phases.reshape(sh, sw, -1, *phases.shape[1:])[:kh, :kw]
-    return grid.reshape(kh * kw * grid.shape[2], *phases.shape[1:])
+def gather_views(x: torch.Tensor, step: Step, out_step: Step) -> torch.Tensor:
+    """The input view of every output phase of a module, phase-major in the batch.
+
+    ``x`` has lattice step ``step`` per axis; the module's output has ``out_step``, a multiple
+    or a divisor of it. Output phase ``u`` (per axis, ``0 <= u < out_step``) is the original
+    module applied to the view ``x[u::step]`` that starts on cell ``u``. Each view keeps the
+    length of a phase; one that starts past the last phase runs off the end and reads zeros
+    there (only its last cells, which no lattice point of phase 0 reads).
+
+    Returns:
+        ``[oh*ow*N, ..., H/sh, W/sw]``, ready for :func:`batch_to_space` with ``out_step``
+        after the module ran on it.
+    """
+    (sh, sw), (oh, ow) = step, out_step
+    if (sh, sw) == (oh, ow):
+        return space_to_batch(x, step)
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (0, max(ow - sw, 0), 0, max(oh - sh, 0)))
+    views = [padded[..., a : a + h : sh, b : b + w : sw] for a in range(oh) for b in range(ow)]
+    return torch.cat(views, 0)
+
+
+def original_geometry(geometry: LatticeGeometry) -> LatticeGeometry:
+    """The geometry of the original layer: no lattice, the original stride."""
+    axes = [
+        replace(a, in_step=1, out_step=1, dense_stride=a.stride) for a in (geometry.h, geometry.w)
+    ]
+    return LatticeGeometry(axes[0], axes[1], geometry.ceil_mode)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -103,10 +127,6 @@ def split_step(geometry: LatticeGeometry) -> Step:
 
 def _divide(a: Step, b: Step) -> Step:
     return a[0] // b[0], a[1] // b[1]
-
-
-def _divides(b: Step, a: Step) -> bool:
-    return a[0] % b[0] == 0 and a[1] % b[1] == 0
 
 
 class _Active(threading.local):
@@ -143,8 +163,9 @@ class PhaseRegion:
     Attributes:
         name: Qualified name of the module (``seq[a:b]`` for a run of children).
         in_step: Lattice step of the region's inputs (per axis).
-        out_step: Lattice step of its outputs; it divides ``in_step`` (equal unless the region
-            resamples between two lattices).
+        out_step: Lattice step of its outputs: equal to ``in_step``, a divisor of it (the
+            region resamples between two lattices) or a multiple of it (the region is strided:
+            it runs once per output phase on that phase's input view).
         modules: The module, or the run's children in order; entered at the first, left at
             the last.
         required: True when the region exists for exactness (it always runs in phases);
@@ -164,14 +185,21 @@ class PhaseRegion:
     _entered: list[bool] = field(default_factory=list, repr=False)
     _tuning: bool = field(default=False, repr=False)
 
+    def geometry_for(self, geometry: LatticeGeometry) -> LatticeGeometry:
+        """The geometry an equivalent layer inside this region runs with."""
+        if self.required:
+            return original_geometry(geometry)  # each view is the original network's input
+        return phase_geometry(geometry, self.base_for(geometry))
+
     def base_for(self, geometry: LatticeGeometry) -> Step:
         """The phase base an equivalent layer inside this region runs with."""
         base = []
         for step, s_in, s_out in zip(geometry.in_step, self.in_step, self.out_step, strict=True):
-            if step % s_in == 0:
-                base.append(s_in)
-            elif step % s_out == 0:
-                base.append(s_out)
+            # The coarser of the two lattices that the layer's step is a multiple of.
+            for candidate in sorted((s_in, s_out), reverse=True):
+                if step % candidate == 0:
+                    base.append(candidate)
+                    break
             else:
                 raise ValueError(
                     f"{self.name}: a layer of lattice step {geometry.in_step} cannot run inside "
@@ -191,13 +219,10 @@ class PhaseRegion:
         self.modules[-1].register_forward_hook(self._leave_hook, always_call=True)
 
     def split(self, value: Any) -> Any:
-        """Inputs in dense layout (relative to the enclosing region) -> this region's phases."""
-        rel = _divide(self.in_step, _outer_base())
-        if self.out_step == self.in_step:
-            return _map_tensors(value, lambda t: space_to_batch(_checked(t, rel, self), rel))
-        return _map_tensors(
-            value, lambda t: select_phases(_checked(t, rel, self), rel, self.out_step)
-        )
+        """Inputs in dense layout (relative to the enclosing region) -> this region's views."""
+        outer = _outer_base()
+        rel, rel_out = _divide(self.in_step, outer), _divide(self.out_step, outer)
+        return _map_tensors(value, lambda t: gather_views(_checked(t, rel, self), rel, rel_out))
 
     def merge(self, value: Any, outer: Step) -> Any:
         """Outputs in this region's phases -> dense layout relative to ``outer``."""
@@ -258,7 +283,8 @@ class PhaseRegion:
     def _enter_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if self._tuning:
             return None
-        phase = self._decide(args, kwargs)
+        # Inside a required region everything is the original network already.
+        phase = not _original_inside() and self._decide(args, kwargs)
         self._entered.append(phase)
         if not phase:
             return None
@@ -286,9 +312,13 @@ def _checked(t: torch.Tensor, rel: Step, region: PhaseRegion) -> torch.Tensor:
     return t
 
 
-def current_base(geometry: LatticeGeometry) -> Step:
-    """The phase base of the innermost active region for a layer of ``geometry``."""
-    return _ACTIVE.stack[-1].base_for(geometry) if _ACTIVE.stack else (1, 1)
+def _original_inside() -> bool:
+    return any(region.required for region in _ACTIVE.stack)
+
+
+def current_geometry(geometry: LatticeGeometry) -> LatticeGeometry:
+    """The geometry a layer of ``geometry`` runs with inside the innermost active region."""
+    return _ACTIVE.stack[-1].geometry_for(geometry) if _ACTIVE.stack else geometry
 
 
 def fastest(
@@ -329,8 +359,7 @@ def execute(
         x: Its input.
         run: The layer's computation for a given geometry.
     """
-    base = current_base(layer.geometry)
-    geometry = phase_geometry(layer.geometry, base)
+    geometry = current_geometry(layer.geometry)
     state = layer.dense_state
     step = split_step(geometry)
     if state.execution == "dilated" or step == (1, 1):
@@ -341,7 +370,7 @@ def execute(
         return batch_to_space(run(space_to_batch(x, step), phased), step)
 
     if state.execution == "auto":
-        key = (tuple(x.shape), x.dtype, x.device, base)
+        key = (tuple(x.shape), x.dtype, x.device, geometry)
         if key not in state.choices:
             with torch.no_grad():
                 state.choices[key] = fastest(

@@ -1,12 +1,14 @@
 """Plan the phase regions that make position-mixing modules exact.
 
 An op that mixes positions (a spatial mean, group norm statistics, attention over positions, a
-functional pool or pad, a coordinate map) computes the original on a tensor of lattice step
-``S`` when that tensor is split into its ``S*S`` phases. The planner gives each such op the
-smallest module around it whose tensors in and out all sit on one lattice step equal to the
-op's (for fixed-factor resampling: the op's input step in, its output step out). That module
-becomes a required :class:`~dense_lightning.equivalent.phase.PhaseRegion`. Ops for which no
-module fits stay findings.
+functional pool, pad or strided filter, a coordinate map, resampling) computes the original
+when the module around it runs on the original network's own views of its input: each phase of
+its output is that module, unchanged, applied to the input view of that phase
+(:func:`~dense_lightning.equivalent.phase.gather_views`). The planner gives each such op the
+smallest module around it whose tensors in all sit on one lattice step and whose tensors out
+all sit on one lattice step (equal, finer or coarser). That module becomes a required
+:class:`~dense_lightning.equivalent.phase.PhaseRegion`. Ops for which no module fits (a module
+fed from two lattices, tokens, the model itself) stay findings.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dense_lightning.equivalent.errors import Finding
-from dense_lightning.equivalent.lattice import LatticeGeometry
 from dense_lightning.equivalent.ops import GLOBAL_KINDS, OpRecord
 from dense_lightning.equivalent.trace import ModelTrace, ModuleTrace, Reduction
 
@@ -79,40 +80,15 @@ def _inside(name: str, region: str) -> bool:
     return region == "" or name == region or name.startswith(region + ".")
 
 
-def _fits(steps: tuple[Step, Step], op: OpRecord, output_stride: int) -> bool:
-    """Whether a module of these steps runs ``op`` on whole phases (residual step 1)."""
-    s_in, s_out = steps
-    op_in, op_out = op.steps(output_stride)
-    if op.kind == "create":
-        return s_in == s_out == (op_out, op_out)
-    if op.kind == "resample" and op_in != op_out:
-        # Between two lattices: each output phase reads the input phase of the same view.
-        return op_in % op_out == 0 and s_in == (op_in, op_in) and s_out == (op_out, op_out)
-    if op.kind in {"local", "index"} and op_out > 1 and op_out != op_in:
-        return False  # a strided functional op would need its stride removed: not per phase
-    # An op on flattened positions shows no step of its own (1): the module's step is its step.
-    square = s_in[0] == s_in[1]
-    return s_in == s_out and square and op_in in (1, s_in[0]) and op_out in (1, s_in[0])
-
-
-def _layers_fit(region: str, steps: tuple[Step, Step], layers: dict[str, LatticeGeometry]) -> bool:
-    """Every converted layer inside runs on the region's phases (its steps divide evenly)."""
-    s_in, s_out = steps
-    for name, geometry in layers.items():
-        if not _inside(name, region) or name == region:
-            continue
-        for step, out, a, b in zip(geometry.in_step, geometry.out_step, s_in, s_out, strict=True):
-            base = a if step % a == 0 else (b if step % b == 0 else 0)
-            if not base or out % base:
-                return False
-    return True
+def _views_fit(steps: tuple[Step, Step]) -> bool:
+    """Whether per axis one step divides the other, so every output phase has one input view."""
+    return all(i % o == 0 or o % i == 0 for i, o in zip(*steps, strict=True))
 
 
 def plan_regions(
     trace: ModelTrace,
     output_stride: int,
     ops: list[tuple[OpRecord, str]],
-    layers: dict[str, LatticeGeometry],
 ) -> tuple[list[RegionPlan], list[Finding]]:
     """Regions for the ops that break equivalence, and findings for those no region fixes.
 
@@ -120,7 +96,6 @@ def plan_regions(
         trace: The model's trace.
         output_stride: The dense model's stride.
         ops: Each breaking op with the reason it breaks.
-        layers: Geometry of every layer that is converted, by name.
 
     Returns:
         The regions (outermost first) and the remaining findings.
@@ -129,12 +104,11 @@ def plan_regions(
     findings: list[Finding] = []
     for op, reason in ops:
         region = None
-        for name in _ancestors(op.module):
+        # The model itself never qualifies: as a region it would be plain shift-and-stitch.
+        for name in _ancestors(op.module)[:-1]:
             module = trace.modules.get(name)
             steps = _module_steps(module, output_stride) if module is not None else None
-            if steps is None or steps[0] == (1, 1) or not _fits(steps, op, output_stride):
-                continue
-            if _layers_fit(name, steps, layers):
+            if steps is not None and _views_fit(steps):
                 region = (name, steps)
                 break
         if region is None:
@@ -155,22 +129,17 @@ def plan_regions(
 def _check_nesting(
     plans: list[RegionPlan], findings: list[Finding]
 ) -> tuple[list[RegionPlan], list[Finding]]:
-    """A region inside another must refine its phases; a resampling region holds no other."""
+    """A region inside another is absorbed by it: the outer one runs the original inside."""
     kept: list[RegionPlan] = []
-    for plan in plans:
-        outer = [p for p in plans if p is not plan and _inside(plan.module, p.module)]
-        bad = [
-            p
-            for p in outer
-            if p.in_step != p.out_step
-            or plan.in_step[0] % p.in_step[0]
-            or plan.in_step[1] % p.in_step[1]
-        ]
-        if bad:
-            findings.extend(
-                Finding(plan.module, "", f"{r}; it sits inside the phase region {bad[0].module}, "
-                        "whose lattice does not divide its own") for r in plan.reasons
-            )  # fmt: skip
+    for plan in plans:  # outermost first: names sort before the names inside them
+        outer = next((p for p in kept if _inside(plan.module, p.module)), None)
+        if outer is None:
+            kept.append(plan)
             continue
-        kept.append(plan)
+        merged = RegionPlan(
+            outer.module, outer.in_step, outer.out_step,
+            tuple(dict.fromkeys(outer.reasons + plan.reasons)),
+            outer.per_view_statistics or plan.per_view_statistics,
+        )  # fmt: skip
+        kept[kept.index(outer)] = merged
     return kept, findings

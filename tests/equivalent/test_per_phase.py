@@ -34,6 +34,10 @@ PER_PHASE_FAMILIES = [
     Family("resnet18", kwargs={"norm_layer": timm.layers.GroupNorm}),  # group norm statistics
     Family("hrnet_w18_small", (64,)),  # nearest upsampling between lattices in fuse layers
     Family("edgenext_xx_small", (64,)),  # attention over positions inside a CNN
+    # Strided blocks that hold what cannot be given holes run once per output phase on views:
+    Family("skresnet18", regions=("layer3.0.conv1", "layer4.0.conv1")),  # SK gate after a stride
+    Family("resnet18", kwargs={"aa_layer": timm.layers.BlurPool2d}, regions=("layer3.0.aa",)),
+    Family("inception_v3", (80, 83), regions=("Mixed_6a", "Mixed_7a")),  # F.max_pool2d stride 2
 ]
 STRIDES = [pytest.param(16, marks=pytest.mark.slow), 8, pytest.param(4, marks=pytest.mark.slow)]
 
@@ -204,10 +208,78 @@ def test_resampling_between_lattices(mode, output_stride):
         assert report.equivalent, str(report)
 
 
-def test_strided_functional_op_is_refused_with_its_module():
-    model = Stem(Fn(lambda x: F.max_pool2d(x, 3, 2, 1), conv=True)).eval()
-    with pytest.raises(NotEquivalentError, match=r"body \(Fn\): calls max_pool2d"):
-        to_dense(model, 1)
+class Strided(nn.Module):
+    """A body block that changes the lattice: a strided conv, then a functional expression."""
+
+    def __init__(self, fn, se: bool = False) -> None:
+        super().__init__()
+        self.fn = fn
+        self.down = nn.Conv2d(4, 4, 3, 2, 1)
+        self.se = Fn(KINDS["squeeze_excite"]) if se else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.fn(self.down(x)))
+
+
+_BLUR = torch.tensor([1.0, 2.0, 1.0])
+
+
+def _blur_pool(x: torch.Tensor) -> torch.Tensor:
+    kernel = (_BLUR[:, None] * _BLUR[None] / 16).expand(4, 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, stride=2, groups=4)
+
+
+# kind: (expression after the strided conv, SE gate after it, the expression's own stride)
+STRIDED_KINDS = {
+    "functional_max_pool": (lambda x: F.max_pool2d(x, 3, 2, 1), False, 2),
+    "blur_pool_reflect": (_blur_pool, False, 2),
+    "selective_kernel_gate": (_five_d, False, 1),
+    "pool_with_nested_squeeze_excite": (lambda x: F.max_pool2d(x, 3, 2, 1), True, 2),
+    "down_and_up": (lambda x: F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0), False, 1),
+}
+
+
+@pytest.mark.parametrize("size", [32, 37])
+@pytest.mark.parametrize("output_stride", [1, 2])
+@pytest.mark.parametrize("kind", STRIDED_KINDS)
+def test_strided_block_runs_once_per_output_phase(kind, output_stride, size):
+    # The block is the original module on each output phase's input view: exact whatever it
+    # holds, and a region inside it (its SE gate) is absorbed rather than refused.
+    torch.manual_seed(0)
+    fn, se, stride = STRIDED_KINDS[kind]
+    model = Stem(Strided(fn, se=se)).eval()
+    dense = to_dense(model, output_stride)
+    (region,) = dense.dense_info.regions
+    step = 4 // output_stride
+    assert region.module == "body" and region.in_step == (step, step)
+    assert region.out_step == (2 * stride * step,) * 2
+    assert region.per_view_statistics == (se or kind == "selective_kernel_gate")
+    factor = region.out_step[0]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        original, out = model(x), dense(x)
+    assert out.shape[-2:] == tuple(factor * n for n in original.shape[-2:])
+    torch.testing.assert_close(out[..., ::factor, ::factor], original, rtol=1e-5, atol=1e-6)
+    report = verify_equivalence(model, dense, x, check_phases=not region.per_view_statistics)
+    assert report.equivalent, str(report)
+
+
+def test_op_fed_from_two_lattices_is_refused_with_its_module():
+    class Two(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a.mean((2, 3), keepdim=True) * b
+
+    class Net(Stem):
+        def __init__(self) -> None:
+            super().__init__(nn.Identity())
+            self.down, self.two = nn.Conv2d(4, 4, 1, 2), Two()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x)
+            return self.two(y, self.down(y))
+
+    with pytest.raises(NotEquivalentError, match=r"two \(Two\): mean over spatial dims"):
+        to_dense(Net().eval(), 1)
 
 
 def test_op_at_the_root_is_refused():
