@@ -110,7 +110,9 @@ def markdown(payload: dict[str, Any]) -> str:
         f"`to_dense(strict=True)`, verified with `verify_equivalence` on an input of side "
         f"{s['other']} (fixed-size models: their own size), probe side {s['probe']}).",
         "",
-        "Verdicts: **exact** converts and verifies; **refused** raises `NotEquivalentError` or "
+        "Verdicts: **exact** converts and verifies (in float64 where float32 rounding, "
+        "amplified by a deep random net, exceeds the tolerance, as the strict proof decides); "
+        "**refused** raises `NotEquivalentError` or "
         "`ValueError` naming the reason; **crashed** raises anything else (a bug); **wrong** "
         "converts but the verifier disagrees (a bug); **n/a** the model's stride is not above "
         "the output stride.",
