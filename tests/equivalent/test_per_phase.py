@@ -290,3 +290,23 @@ def test_op_at_the_root_is_refused():
 
     with pytest.raises(NotEquivalentError, match="<root>"):
         to_dense(Root(nn.Identity()).eval(), 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("skresnet18", {}), ("resnet18", {"aa_layer": timm.layers.BlurPool2d})]
+)
+def test_strided_regions_train_and_export_into_timm(make_model, name, kwargs):
+    model = make_model(name, features_only=True, **kwargs)
+    dense = to_dense(model, 8).train()
+    assert any(r.in_step != r.out_step for r in dense.dense_info.regions)
+    # Gradients flow through the views into every weight of the strided blocks.
+    sum(f.square().mean() for f in dense(torch.randn(2, 3, 64, 64))).backward()
+    assert all(p.grad is not None for p in dense.parameters() if p.requires_grad)
+    exported = to_original(dense.eval())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in exported.modules())
+    fresh = timm.create_model(name, pretrained=False, features_only=True, **kwargs).eval()
+    fresh.load_state_dict(exported.state_dict(), strict=True)
+    x = torch.randn(1, 3, 67, 67)
+    with torch.no_grad():
+        for a, b in zip(fresh(x), exported(x), strict=True):
+            torch.testing.assert_close(a, b)
