@@ -188,3 +188,57 @@ def point_labels(masks: Tensor, num_classes: int, geometry: CellGeometry, cells:
         index.append(torch.tensor(pixels))
     labels = masks[:, index[0]][:, :, index[1]].clamp(max=num_classes - 1)
     return torch.nn.functional.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
+
+
+def resample_weights(size: int, replicates: int, generator: torch.Generator) -> Tensor:
+    """``[replicates, size]`` bootstrap counts: how often each of ``size`` items is drawn."""
+    picks = torch.randint(size, (replicates, size), generator=generator)
+    weights = torch.zeros(replicates, size, dtype=torch.float64)
+    return weights.scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+
+
+def paired_intervals(
+    first: Sequence[Tensor],
+    second: Sequence[Tensor],
+    first_point: Sequence[float],
+    second_point: Sequence[float],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Difference ``first - second`` of a metric already bootstrapped per seed, with intervals.
+
+    For metrics that are not sums of per-image confusions (COCO AP): the caller scores each arm
+    on the same resampled image sets (one ``[replicates]`` tensor per seed and arm, replicate
+    ``r`` of every arm drawn with the same images), so the difference is paired.
+
+    Args:
+        first: per seed, the replicate values of one arm.
+        second: per seed, the other arm's values on the same replicates.
+        first_point: per seed, the first arm's metric on the whole test set.
+        second_point: the same for the second arm.
+        seed: generator seed of the seed resampling.
+
+    Returns:
+        ``diff`` (mean over seeds on the full test sets), ``per_seed`` differences,
+        ``ci_images`` (images resampled within each seed) and ``ci_hierarchical`` (seeds
+        resampled too), each a ``[low, high]`` 95% percentile interval.
+    """
+    point = [a - b for a, b in zip(first_point, second_point, strict=True)]
+    stacked = torch.stack([a - b for a, b in zip(first, second, strict=True)], 1)
+    g = torch.Generator().manual_seed(seed)
+    pick_seeds = torch.randint(len(point), (len(stacked), len(point)), generator=g)
+    return {
+        "diff": sum(point) / len(point),
+        "per_seed": point,
+        "ci_images": _interval(stacked.nanmean(1)),
+        "ci_hierarchical": _interval(stacked.gather(1, pick_seeds).nanmean(1)),
+    }
+
+
+def interval_verdict(interval: Sequence[float]) -> str:
+    """``holds`` / ``reversed`` / ``inconclusive``: the interval lies above, below or across 0."""
+    low, high = interval
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "reversed"
+    return "inconclusive"
