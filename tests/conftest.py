@@ -27,16 +27,24 @@ def _offline_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+_LIGHTNING_LEVELS = {
+    name: logging.getLogger(name).level
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric")
+}
+
+
 @pytest.fixture(autouse=True)
 def _lightning_messages_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Lightning stops its logger propagating when it is first imported while the root logger has
     # no handler, which depends on test order; caplog listens on the root logger. Benchmarks run
     # in-process quieten Lightning's loggers: give each test the levels the session started with.
-    names = ("lightning", "lightning.pytorch", "lightning.fabric")
-    levels = {name: logging.getLogger(name).level for name in names}
+    # The levels are those of the session's start: a module-scoped fixture may have quietened
+    # them before this function-scoped one runs.
     monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    for name, level in _LIGHTNING_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
     yield
-    for name, level in levels.items():
+    for name, level in _LIGHTNING_LEVELS.items():
         logging.getLogger(name).setLevel(level)
 
 

@@ -30,26 +30,16 @@ from dense_lightning.models import DENSE_STATE_KEY
 from dense_lightning.tasks import SemanticSegmentationTask
 
 
-class StridedGate(nn.Module):
-    """A strided conv gated by the global mean of its input: not convertible exactly."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x) * torch.sigmoid(x.mean(dim=(2, 3), keepdim=True))
-
-
 class UserModule(LightningModule):
     """A LightningModule written by a user, not one of ours: network in ``self.net``."""
 
-    def __init__(self, gate: bool = False):
+    def __init__(self, reflect: bool = False):
         super().__init__()
         self.save_hyperparameters()
+        mode = "reflect" if reflect else "zeros"
         self.net = nn.Sequential(
             nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.MaxPool2d(2), StridedGate() if gate else nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode=mode),
             nn.Conv2d(8, 2, 3, padding=1),
         )  # fmt: skip
 
@@ -105,7 +95,7 @@ def test_dense_conversion_is_idempotent_and_rejects_conflicts():
 
 
 def test_dense_conversion_strictness(monkeypatch):
-    module = UserModule(gate=True)
+    module = UserModule(reflect=True)  # reflect padding cannot be given holes
     with pytest.raises(NotEquivalentError):
         DenseConversion(output_stride=2, attribute="net").setup(None, module, "fit")
     assert not is_dense(module.net)
