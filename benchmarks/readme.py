@@ -111,6 +111,29 @@ def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:
     return [*lines, ""]
 
 
+def centernet_section(payload: dict[str, Any], link: str) -> list[str]:
+    """CenterNet arms' headline metric and the verdict of every comparison."""
+    s, summary = payload["settings"], payload.get("summary")
+    lines = [
+        f"**Accuracy, {payload['task']}** ([{link}.md](results/{link}.md); {_when(payload)}; "
+        f"{s['backbone']}, {s['image_size']} px, {len(payload['runs'])} of {len(s['seeds'])} "
+        "seeds" + ("" if payload.get("complete") else ", **incomplete run**") + "):",
+        "",
+    ]  # fmt: skip
+    if not summary:
+        return [*lines, "- no seed finished", ""]
+    metric = summary["metric"]
+    arms = summary["arms"]
+    lines.append(f"- {metric}: " + ", ".join(f"{a} {arms[a][metric]['mean']:.3f}" for a in arms))
+    for key, c in summary["comparisons"].items():
+        lo, hi = c[metric]["ci_images"]
+        lines.append(
+            f"- {key}: {c['verdict']} (Δ {metric} {c[metric]['diff']:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{len(summary['seeds'])})"
+        )
+    return [*lines, ""]
+
+
 def overhead_section(payload: dict[str, Any], link: str) -> list[str]:
     """Lightning overhead per configuration."""
     lines = [f"**Training overhead** ([{link}.md](results/{link}.md); {_when(payload)}):", ""]
@@ -132,6 +155,8 @@ def render(results: Path) -> str:
         ("gpu_speed_b1", speed_section, ("Speed, GPU, batch 1",)),
         ("accuracy_segmentation", accuracy_section, ()),
         ("accuracy_segmentation_gpu", accuracy_section, ()),
+        ("accuracy_detection", centernet_section, ()),
+        ("accuracy_keypoints", centernet_section, ()),
         ("overhead", overhead_section, ()),
     )
     for stem, section, extra in sources:
