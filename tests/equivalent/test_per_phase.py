@@ -186,6 +186,9 @@ class Fuse(nn.Module):
     def __init__(self, mode: str) -> None:
         super().__init__()
         self.down = nn.Conv2d(4, 4, 3, 2, 1)
+        if mode == "pixel_shuffle":  # a sub-pixel upsampler, as in super-resolution necks
+            self.up = nn.Sequential(nn.Conv2d(4, 16, 1), nn.PixelShuffle(2))
+            return
         up = {"align_corners": False} if mode == "bilinear" else {}
         self.up = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Upsample(scale_factor=2, mode=mode, **up))
 
@@ -193,7 +196,7 @@ class Fuse(nn.Module):
         return x + self.up(self.down(x))
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "pixel_shuffle"])
 @pytest.mark.parametrize("output_stride", [1, 2])
 def test_resampling_between_lattices(mode, output_stride):
     torch.manual_seed(0)
