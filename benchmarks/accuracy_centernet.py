@@ -56,7 +56,7 @@ from dense_lightning.tasks.centernet import CenterNetTask
 
 COMPARISONS = (("c", "a"), ("c", "c_peak"), ("c", "a_long"), ("b", "a"))
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, about 25 minutes for both tasks: resnet10t at 96 px, 3 seeds per task,
+    # 2 CPU cores, about 35 minutes of CPU time for both tasks: resnet10t at 96 px, 3 seeds,
     # two (task, seed) runs at a time; the equal-compute baseline would cost a third more.
     "cpu": dict(backbone="resnet10t", image_size=96, batch_size=8, steps=240, seeds=[0, 1, 2],
                 num_test=128, jobs=2, bootstrap=1000, cost_repeats=3, a_long=False),
