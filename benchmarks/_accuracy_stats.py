@@ -76,9 +76,7 @@ def paired_bootstrap(
     for a, b in zip(first, second, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"unpaired confusions: {tuple(a.shape)} vs {tuple(b.shape)}")
-        picks = torch.randint(len(a), (replicates, len(a)), generator=g)
-        weights = torch.zeros(replicates, len(a), dtype=torch.float64)
-        weights.scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+        weights = resample_weights(len(a), replicates, g)
         ra, rb = _replicates(a, weights), _replicates(b, weights)
         sa, sb = scores(a), scores(b)
         for m in METRICS:
@@ -86,18 +84,26 @@ def paired_bootstrap(
             point[m].append(sa[m] - sb[m])
     seeds = len(point["miou"])
     pick_seeds = torch.randint(seeds, (replicates, seeds), generator=g)
-    out = {}
-    for m in METRICS:
-        stacked = torch.stack(per_seed[m], 1)  # [replicates, seeds]
-        mean = stacked.nanmean(1)
-        hier = stacked.gather(1, pick_seeds).nanmean(1)
-        out[m] = {
-            "diff": sum(point[m]) / seeds,
-            "per_seed": point[m],
-            "ci_images": _interval(mean),
-            "ci_hierarchical": _interval(hier),
-        }
-    return out
+    return {m: _over_seeds(per_seed[m], point[m], pick_seeds) for m in METRICS}
+
+
+def _over_seeds(
+    replicates: Sequence[Tensor], point: list[float], pick_seeds: Tensor
+) -> dict[str, Any]:
+    """Mean over seeds of per-seed differences, with the image and hierarchical intervals.
+
+    Args:
+        replicates: per seed, the ``[replicates]`` bootstrap differences.
+        point: per seed, the difference on the whole test set.
+        pick_seeds: ``[replicates, seeds]`` seed indices of the hierarchical resampling.
+    """
+    stacked = torch.stack(list(replicates), 1)  # [replicates, seeds]
+    return {
+        "diff": sum(point) / len(point),
+        "per_seed": point,
+        "ci_images": _interval(stacked.nanmean(1)),
+        "ci_hierarchical": _interval(stacked.gather(1, pick_seeds).nanmean(1)),
+    }
 
 
 def _interval(values: Tensor) -> list[float]:
@@ -112,13 +118,11 @@ def verdict(comparison: dict[str, dict[str, Any]]) -> str:
     does not lie below 0; reversed is the mirror image; mixed when both metrics move
     significantly, in opposite directions.
     """
-    lo, hi = comparison["miou"]["ci_images"]
+    main = interval_verdict(comparison["miou"]["ci_images"])
+    if main == "inconclusive":
+        return main
     plo, phi = comparison["pixel_acc"]["ci_images"]
-    if lo > 0:
-        return "mixed" if phi < 0 else "holds"
-    if hi < 0:
-        return "mixed" if plo > 0 else "reversed"
-    return "inconclusive"
+    return "mixed" if (phi < 0 if main == "holds" else plo > 0) else main
 
 
 def cell_fractions(masks: Tensor, num_classes: int, geometry: CellGeometry, cells: tuple) -> Tensor:
@@ -223,15 +227,10 @@ def paired_intervals(
         resampled too), each a ``[low, high]`` 95% percentile interval.
     """
     point = [a - b for a, b in zip(first_point, second_point, strict=True)]
-    stacked = torch.stack([a - b for a, b in zip(first, second, strict=True)], 1)
+    diffs = [a - b for a, b in zip(first, second, strict=True)]
     g = torch.Generator().manual_seed(seed)
-    pick_seeds = torch.randint(len(point), (len(stacked), len(point)), generator=g)
-    return {
-        "diff": sum(point) / len(point),
-        "per_seed": point,
-        "ci_images": _interval(stacked.nanmean(1)),
-        "ci_hierarchical": _interval(stacked.gather(1, pick_seeds).nanmean(1)),
-    }
+    pick_seeds = torch.randint(len(point), (len(diffs[0]), len(point)), generator=g)
+    return _over_seeds(diffs, point, pick_seeds)
 
 
 def interval_verdict(interval: Sequence[float]) -> str:
