@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import inspect
 import json
@@ -49,7 +48,7 @@ from dense_lightning.equivalent import (
     to_dense,
     verify_equivalence,
 )
-from dense_lightning.equivalent.proof import FLOAT64_RTOL
+from dense_lightning.equivalent.proof import verify_in_float64
 from dense_lightning.equivalent.trace import flatten_outputs
 
 STRIDES = (16, 8)
@@ -224,10 +223,7 @@ def convert(
         # The strict proof's rule: float32 rounding amplified by depth shrinks ~1e9-fold in
         # float64, a real difference does not.
         try:
-            report64 = verify_equivalence(
-                copy.deepcopy(model).double(), copy.deepcopy(dense).double(), x.double(),
-                rtol=FLOAT64_RTOL,
-            )  # fmt: skip
+            report64 = verify_in_float64(model, dense, x, check_phases=True)
             equivalent, error64 = report64.equivalent, report64.max_rel_error
         except _Timeout:
             raise
