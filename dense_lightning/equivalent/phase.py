@@ -189,23 +189,14 @@ class PhaseRegion:
         """The geometry an equivalent layer inside this region runs with."""
         if self.required:
             return original_geometry(geometry)  # each view is the original network's input
-        return phase_geometry(geometry, self.base_for(geometry))
-
-    def base_for(self, geometry: LatticeGeometry) -> Step:
-        """The phase base an equivalent layer inside this region runs with."""
-        base = []
-        for step, s_in, s_out in zip(geometry.in_step, self.in_step, self.out_step, strict=True):
-            # The coarser of the two lattices that the layer's step is a multiple of.
-            for candidate in sorted((s_in, s_out), reverse=True):
-                if step % candidate == 0:
-                    base.append(candidate)
-                    break
-            else:
-                raise ValueError(
-                    f"{self.name}: a layer of lattice step {geometry.in_step} cannot run inside "
-                    f"a phase region of step {self.in_step}"
-                )
-        return base[0], base[1]
+        # A chosen region has one step, planned to divide the step of every layer inside it.
+        try:
+            return phase_geometry(geometry, self.in_step)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.name}: a layer of lattice step {geometry.in_step} cannot run inside "
+                f"a phase region of step {self.in_step}"
+            ) from error
 
     def attach(self) -> None:
         """Register the entry and exit hooks (module names and ``state_dict`` keys stay).

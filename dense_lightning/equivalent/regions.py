@@ -123,12 +123,10 @@ def plan_regions(
         RegionPlan(name, s_in, s_out, tuple(reasons), any(o.kind in GLOBAL_KINDS for o in ops_))
         for name, ((s_in, s_out), ops_, reasons) in sorted(chosen.items(), key=lambda kv: kv[0])
     ]
-    return _check_nesting(plans, findings)
+    return _absorb_nested(plans), findings
 
 
-def _check_nesting(
-    plans: list[RegionPlan], findings: list[Finding]
-) -> tuple[list[RegionPlan], list[Finding]]:
+def _absorb_nested(plans: list[RegionPlan]) -> list[RegionPlan]:
     """A region inside another is absorbed by it: the outer one runs the original inside."""
     kept: list[RegionPlan] = []
     for plan in plans:  # outermost first: names sort before the names inside them
@@ -142,4 +140,4 @@ def _check_nesting(
             outer.per_view_statistics or plan.per_view_statistics,
         )  # fmt: skip
         kept[kept.index(outer)] = merged
-    return kept, findings
+    return kept
