@@ -160,34 +160,39 @@ def test_keypoint_round_trip_snaps_to_refined_peaks(stride):
     assert err.max() < 0.6 * stride
 
 
-def test_regression_cells_cover_the_original_lattice():
+def test_dense_regression_cells_are_each_phases_nearest_cell():
     # Dense stride 8, original stride 32 (k = 4), cell 0 centred on pixel 0.
     dense = CellGeometry(stride=(8, 8), offset=(0.0, 0.0))
     original = dense.with_stride(32)
     boxes = [torch.tensor([[30.0, 50.0, 70.6, 91.8], [100.0, 4.0, 126.0, 30.0]])]
     labels = [torch.tensor([0, 1])]
-    t = encode_detection_targets(boxes, labels, 2, (16, 16), dense, reach=16.0, lattice=4)
-    centres = (boxes[0][:, :2] + boxes[0][:, 2:]) / 2
+    t = encode_detection_targets(boxes, labels, 2, (16, 16), dense, reach=16.0)
+    centre = (boxes[0][0, :2] + boxes[0][0, 2:]) / 2
     rows = {(int(y), int(x)): i for i, (y, x) in enumerate(zip(t["ys"], t["xs"], strict=True))}
-    for n, centre in enumerate(centres):
-        # The cell the exported model peaks at is original cell i = dense cell 4i ...
-        xs, ys = original.nearest_cells(centre.view(1, 2), (4, 4))
-        row = rows[(4 * int(ys), 4 * int(xs))]
-        assert int(t["instance"][row]) == n
-        # ... and it learns the offset from its own position to the centre.
-        point = original.cells_to_points(torch.stack([xs, ys], -1).float())[0]
-        torch.testing.assert_close(t["offset"][row], centre - point)
-    # Every dense cell within half an original stride trains (the dense benefit), one target
-    # each; the second object's lattice cell, out of reach at the border, still regresses it.
-    assert len(t["ys"]) == len(rows) and int((t["instance"] == 0).sum()) >= 16
-    # Without reach only the peak cells regress, and the lattice cell of the second object is
-    # not among them.
+    assert len(t["ys"]) == len(rows)  # one target per cell
+    # Phase (a, b) of the dense map is the original network on a view shifted by (8a, 8b)
+    # pixels: its cells are 4i + a. Each phase's nearest cell to the centre regresses it, with
+    # the offset from that cell's own position.
+    for a in range(4):
+        for b in range(4):
+            shifted = CellGeometry(stride=(32, 32), offset=(8.0 * a, 8.0 * b))
+            xs, ys = shifted.nearest_cells(centre.view(1, 2), (4, 4))
+            row = rows[(4 * int(ys) + a, 4 * int(xs) + b)]
+            assert int(t["instance"][row]) == 0
+            point = dense.cells_to_points(torch.tensor([[4.0 * int(xs) + b, 4.0 * int(ys) + a]]))[0]
+            torch.testing.assert_close(t["offset"][row], centre - point)
+    assert int((t["instance"] == 0).sum()) == 16
+    # The exported network's maps (every 4th cell) get their own targets: each object is
+    # regressed at the original lattice's nearest cell, the border object included.
+    lattice = encode_detection_targets(boxes, labels, 2, (4, 4), original, reach=16.0)
+    centres = (boxes[0][:, :2] + boxes[0][:, 2:]) / 2
+    for n, c in enumerate(centres):
+        xs, ys = original.nearest_cells(c.view(1, 2), (4, 4))
+        hits = (lattice["ys"] == int(ys)) & (lattice["xs"] == int(xs))
+        assert int(lattice["instance"][hits]) == n
+    # Without reach only the peak cells regress.
     peak_only = encode_detection_targets(boxes, labels, 2, (16, 16), dense)
     assert len(peak_only["ys"]) == 2
-    xs, ys = original.nearest_cells(centres[1].view(1, 2), (4, 4))
-    assert (4 * int(ys), 4 * int(xs)) not in set(
-        zip(peak_only["ys"].tolist(), peak_only["xs"].tolist(), strict=True)
-    )
 
 
 def test_keypoint_displacements_follow_the_regression_cells():

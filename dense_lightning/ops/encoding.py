@@ -7,9 +7,11 @@ coordinates (pixel ``p`` covers ``[p, p + 1)``); regression targets are in those
 pixels), never in cells.
 
 Size and offset are regressed at every cell within ``reach`` pixels (per axis) of an object's
-centre, not only at its peak cell. A dense model trained with ``reach`` half the original stride
-teaches every cell of the original lattice near the object what the exported model must predict
-there, and it still trains all ``k x k`` dense cells around the centre.
+centre, not only at its peak cell. With ``reach`` half the original stride, the cells a dense
+model regresses are the ``k x k`` cells that are each phase's nearest cell to the centre, so
+every phase trains as the original network does on its view. The exported network's own cells
+are trained by scoring the dense maps' lattice subsample with targets encoded for it (the
+tasks' lattice term).
 """
 
 from __future__ import annotations
@@ -146,8 +148,7 @@ def _regression_cells(
     Args:
         centres: ``[N, 2]`` object centres ``(x, y)``.
         points: ``[h, w, 2]`` cell positions.
-        peaks: ``(xs, ys)`` pairs of cells that must regress each instance (its peak cell on
-            this map and on the original lattice).
+        peaks: ``(xs, ys)`` pairs of cells that must regress each instance (its peak cell).
         reach: half-width in pixels of the square around a centre.
 
     Returns:
@@ -165,16 +166,6 @@ def _regression_cells(
     return ys, xs, best[ys, xs]
 
 
-def _lattice_peaks(
-    centres: Tensor, geometry: CellGeometry, map_size: tuple[int, int], lattice: int
-) -> tuple[Tensor, Tensor]:
-    """``(xs, ys)`` on this map of the original lattice's cell nearest to each centre."""
-    h, w = map_size
-    coarse = geometry.with_stride((geometry.stride[0] * lattice, geometry.stride[1] * lattice))
-    xs, ys = coarse.nearest_cells(centres, ((h - 1) // lattice + 1, (w - 1) // lattice + 1))
-    return xs * lattice, ys * lattice
-
-
 def encode_detection_targets(
     boxes: list[Tensor],
     labels: list[Tensor],
@@ -182,7 +173,6 @@ def encode_detection_targets(
     map_size: tuple[int, int],
     geometry: CellGeometry,
     reach: float | None = None,
-    lattice: int = 1,
 ) -> dict[str, Tensor]:
     """Encode boxes as CenterNet targets for a map of ``map_size`` cells with ``geometry``.
 
@@ -193,12 +183,8 @@ def encode_detection_targets(
         map_size: ``(h, w)`` of the head's output.
         geometry: where the map's cells sit (its stride is the map's stride).
         reach: cells within this many pixels of a centre (per axis) regress its size and
-            offset; ``None`` regresses at the peak cell only. Half the original stride makes
-            the original lattice learn what the exported model needs.
-        lattice: ``k``, the original network's map is every ``k``-th cell of this one. The
-            original lattice's cell nearest to each centre (clamped to the map, so possibly
-            beyond ``reach`` at the border) regresses it too: the exported model decodes the
-            object from that cell.
+            offset, as does the peak cell (clamped to the map, so possibly beyond ``reach`` at
+            the border); ``None`` regresses at the peak cell only.
 
     Returns:
         ``heatmap`` ``[B, C, h, w]``, ``positive`` mask of the same shape, and per regression
@@ -223,10 +209,7 @@ def encode_detection_targets(
         cells = geometry.points_to_cells(centres)
         _, positive[i] = draw_gaussians(heatmap[i], cells, (2 * radius + 1) / 6, img_labels)
         if len(centres):
-            peaks = [
-                geometry.nearest_cells(centres, map_size),
-                _lattice_peaks(centres, geometry, map_size, lattice),
-            ]
+            peaks = [geometry.nearest_cells(centres, map_size)]
             half = 0.0 if reach is None else reach
             ys, xs, inst = _regression_cells(centres, points, peaks, half)
             rows["batch"].append(torch.full_like(ys, i))

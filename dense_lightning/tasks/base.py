@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
@@ -27,12 +28,30 @@ from dense_lightning.models import (
     timm_state_dict,
 )
 from dense_lightning.ops import infer_stride
+from dense_lightning.tasks.lattice import lattice_step, lattice_subsample
 from dense_lightning.tasks.optim import OptimizerName, SchedulerName, build_optimization
 from dense_lightning.tasks.structure import checkpoint_hparams, run_time_structure
 
-__all__ = ["BaseTask", "OptimizerName", "SchedulerName", "Stage"]
+__all__ = ["BaseTask", "OptimizerName", "SchedulerName", "Stage", "StepLoss"]
 
 Stage = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """The losses of one forward pass (see :meth:`BaseTask.step_loss`).
+
+    Attributes:
+        total: the training objective: weighted dense terms plus the weighted lattice term.
+        terms: the unweighted dense loss terms, keyed by the task's ``loss_names``.
+        lattice: the exported network's weighted loss, or ``None`` when not added.
+        outputs: the post-processed outputs of the dense network.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    lattice: Tensor | None
+    outputs: Any
 
 
 class BaseTask(LightningModule, ABC):
@@ -48,8 +67,18 @@ class BaseTask(LightningModule, ABC):
     A subclass says what it is through class attributes (``monitor``, ``mode``,
     ``loss_names``, ``data_checks``) and a few methods: :meth:`build_head`,
     :meth:`configure_losses`, :meth:`make_metrics`, :meth:`loss_terms`,
-    :meth:`update_metrics`, and optionally :meth:`run` (what happens outside the network).
-    The train, validation and test step is written once, here.
+    :meth:`update_metrics`, and optionally :meth:`postprocess` (what happens outside the
+    network). The train, validation and test step is written once, here.
+
+    **Lattice supervision.** The dense output, sampled every ``k`` cells, *is* the exported
+    network's output (``k`` = original stride / output stride). A dense step therefore also
+    has the loss the exported model gets on the same batch at no extra forward pass:
+    :meth:`lattice_raw` takes the lattice subsample, :meth:`postprocess` treats it as it
+    treats the exported network's output (upsampled or decoded at the original stride), and
+    :meth:`loss_terms` scores it. ``lattice_loss_weight`` adds that loss to the dense loss,
+    which supervises all ``k * k`` phases alike; it is logged as ``{stage}_loss_lattice``.
+    In eval mode the term equals the exported model's loss to float rounding; in train mode
+    BatchNorm normalises with the dense map's batch statistics, as the dense loss does.
 
     Args:
         backbone: timm model name, e.g. ``"resnet18"``.
@@ -65,6 +94,10 @@ class BaseTask(LightningModule, ABC):
             drops at 60% and 85% of training) or ``"none"``.
         warmup_steps: linear warm-up steps before the schedule.
         freeze_backbone: train the head only; the backbone's BatchNorm statistics stay fixed.
+        lattice_loss_weight: weight of the exported network's own loss (the lattice
+            subsample of the dense output, see above) added to the dense loss; ``0`` trains
+            all phases alike. Ignored when the network is not dense (the two losses are then
+            one).
     """
 
     #: The metric that model selection (checkpointing, early stopping) should watch.
@@ -94,6 +127,7 @@ class BaseTask(LightningModule, ABC):
         scheduler: SchedulerName = "cosine",
         warmup_steps: int = 0,
         freeze_backbone: bool = False,
+        lattice_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,6 +156,10 @@ class BaseTask(LightningModule, ABC):
             raise ConfigurationError(
                 f"Need lr > 0, weight_decay >= 0 and warmup_steps >= 0; got lr={hp.lr}, "
                 f"weight_decay={hp.weight_decay}, warmup_steps={hp.warmup_steps}."
+            )
+        if hp.lattice_loss_weight < 0:
+            raise ConfigurationError(
+                f"lattice_loss_weight must be >= 0, got {hp.lattice_loss_weight}."
             )
         weights = {name: hp[f"{name}_weight"] for name in self.loss_names if f"{name}_weight" in hp}
         if weights and min(weights.values()) < 0:
@@ -227,7 +265,10 @@ class BaseTask(LightningModule, ABC):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}_"))
 
     def compute_loss(self, outputs: Any, batch: dict[str, Any]) -> Tensor:
-        """The training loss: :meth:`loss_terms` weighted by their ``*_weight`` hparams."""
+        """The loss of ``outputs``: :meth:`loss_terms` weighted by their ``*_weight`` hparams.
+
+        Without the lattice term, which needs the raw output: see :meth:`step_loss`.
+        """
         return self.weighted_loss(self.loss_terms(outputs, batch))
 
     def weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:
@@ -237,36 +278,82 @@ class BaseTask(LightningModule, ABC):
 
     # -------------------------------------------------------------------------------- steps
 
-    def run(self, network: nn.Module, images: Tensor) -> Any:
-        """Outputs of ``network`` for ``images``, including what happens outside the network.
+    def postprocess(self, raw: Any, images: Tensor) -> Any:
+        """What happens to a network's raw output outside the network (default: nothing).
 
-        Subclasses override it (segmentation upsamples logits here) so that :meth:`forward`
-        and :meth:`evaluate` treat any network, dense or exported, the same way.
+        Subclasses override it (segmentation upsamples logits here) so that every network,
+        dense or exported, and the dense output's lattice subsample (:meth:`lattice_raw`) are
+        treated alike: the geometry is read off each output's own size.
+
+        Args:
+            raw: the network's output for ``images``.
+            images: the input batch ``[B, C, H, W]``.
         """
-        return network(images)
+        return raw
+
+    def run(self, network: nn.Module, images: Tensor) -> Any:
+        """Outputs of ``network`` for ``images``: the network, then :meth:`postprocess`."""
+        return self.postprocess(network(images), images)
 
     @override
     def forward(self, images: Tensor) -> Any:
         """:meth:`run` with ``self.model``."""
         return self.run(self.model, images)
 
+    def lattice_raw(self, raw: Any) -> Any:
+        """The exported network's raw output, taken from ``self.model``'s raw output.
+
+        Every ``k``-th cell of each map (:mod:`~dense_lightning.tasks.lattice`); ``raw`` itself
+        when the network is not dense.
+        """
+        return lattice_subsample(raw, lattice_step(self.model))
+
+    def lattice_loss(self, raw: Any, batch: dict[str, Any]) -> Tensor | None:
+        """The exported network's (weighted) loss on ``batch``, from the dense ``raw`` output.
+
+        ``None`` when there is nothing to add: the network is not dense, or
+        ``lattice_loss_weight`` is 0.
+        """
+        if lattice_step(self.model) == 1 or self.hparams.lattice_loss_weight == 0:
+            return None
+        lattice = self.postprocess(self.lattice_raw(raw), batch["image"])
+        return self.weighted_loss(self.loss_terms(lattice, batch))
+
+    def step_loss(self, batch: dict[str, Any]) -> StepLoss:
+        """One forward pass of ``self.model`` on ``batch`` and every loss it gives.
+
+        The training objective is the weighted dense loss plus ``lattice_loss_weight`` times
+        the exported network's loss (:meth:`lattice_loss`). Custom training loops call this
+        to optimise exactly what ``fit`` optimises.
+        """
+        images = batch["image"]
+        raw = self.model(images)
+        outputs = self.postprocess(raw, images)
+        terms = self.loss_terms(outputs, batch)
+        total = self.weighted_loss(terms)
+        lattice = self.lattice_loss(raw, batch)
+        if lattice is not None:
+            total = total + self.hparams.lattice_loss_weight * lattice
+        return StepLoss(total, terms, lattice, outputs)
+
     def _shared_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
         """The train, validation and test step: forward, loss, metrics, logging."""
-        images = batch["image"]
-        outputs = self(images)
-        terms = self.loss_terms(outputs, batch)
-        loss = self.weighted_loss(terms)
+        step = self.step_loss(batch)
         # Epoch values are means over all ranks (a scalar all-reduce per step is cheap);
         # training also logs per step.
         on_step = stage == "train"
-        kwargs = {"batch_size": images.shape[0], "sync_dist": True, "on_epoch": True}
-        self.log(f"{stage}_loss", loss, on_step=on_step, prog_bar=True, **kwargs)
-        if len(terms) > 1:
-            detached = {f"{stage}_loss_{name}": value.detach() for name, value in terms.items()}
-            self.log_dict(detached, on_step=on_step, **kwargs)
+        kwargs = {"batch_size": batch["image"].shape[0], "sync_dist": True, "on_epoch": True}
+        self.log(f"{stage}_loss", step.total, on_step=on_step, prog_bar=True, **kwargs)
+        parts = {}
+        if len(step.terms) > 1:
+            parts = {f"{stage}_loss_{name}": value.detach() for name, value in step.terms.items()}
+        if step.lattice is not None:
+            parts[f"{stage}_loss_lattice"] = step.lattice.detach()
+        if parts:
+            self.log_dict(parts, on_step=on_step, **kwargs)
         if stage != "train" or self.train_metrics_enabled:
-            self.update_metrics(getattr(self, f"{stage}_metrics"), _detach(outputs), batch)
-        return loss
+            self.update_metrics(getattr(self, f"{stage}_metrics"), _detach(step.outputs), batch)
+        return step.total
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
         """Compute (synced over ranks by torchmetrics), log and reset a stage's metrics."""

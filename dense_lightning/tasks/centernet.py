@@ -22,12 +22,13 @@ class CenterNetTask(BaseTask):
 
     ``self.model`` returns raw maps at feature resolution, at least ``heatmap`` logits,
     ``size`` (log pixels) and ``offset`` (pixels from each cell's position to the centre).
-    Targets are encoded with the geometry of the maps the network actually produced, so the
-    same task trains a dense model (``k x k`` more cells) or the original one. Size and offset
-    are regressed at every cell within half an original stride of a centre: the cells of the
-    original lattice among them learn what the exported model must predict, and the dense
-    cells around the centre all train. Decoding (3x3 max-pool peaks, top-k, class-wise box NMS)
-    happens outside ``self.model``.
+    Targets are encoded with the geometry of the maps they score, so the same task trains a
+    dense model (``k x k`` more cells), the original one, or the dense maps' lattice subsample
+    (the exported model's maps, see ``lattice_loss_weight``). Size and offset are regressed at
+    every cell within half an original stride of a centre: on the dense map these are the
+    ``k x k`` cells that are each phase's nearest cell, so every phase trains as the original
+    network on its view; on the original map it is the peak cell. Decoding (3x3 max-pool
+    peaks, top-k, class-wise box NMS) happens outside ``self.model``.
 
     Subclasses give the head, the loss terms and :meth:`decode`; the hyperparameters
     ``num_classes``, ``head_channels``, ``max_detections``, ``score_threshold`` and
@@ -64,7 +65,6 @@ class CenterNetTask(BaseTask):
             tuple(heat.shape[-2:]),
             geometry,
             reach=self.original_stride() / 2,
-            lattice=self.original_stride() // geometry.stride[0],
         )
         return geometry, targets
 

@@ -22,7 +22,7 @@ class SemanticSegmentationTask(BaseTask):
     """Per-pixel classification with any timm CNN, trained dense or at its native stride.
 
     ``self.model`` maps images to logits at feature resolution (``H / output_stride``);
-    :meth:`run` upsamples them to the image size outside the convertible network, with cell
+    :meth:`postprocess` upsamples them to the image size outside the convertible network, with cell
     ``j`` placed at its receptive field's centre ``o + s * j`` (``o`` traced once, the same
     for the dense and the exported network). So the exported model puts every value where the
     dense model put it: its upsampled logits equal the upsampled lattice subsample of the dense
@@ -100,10 +100,13 @@ class SemanticSegmentationTask(BaseTask):
         )
 
     @override
-    def run(self, network: nn.Module, images: Tensor) -> Tensor:
-        """Class logits ``[B, num_classes, H, W]`` of ``network`` at the size of ``images``."""
-        logits = network(images)
-        return lattice_upsample(logits, self.geometry(images, logits), images.shape[-2:])
+    def postprocess(self, raw: Tensor, images: Tensor) -> Tensor:
+        """Class logits ``[B, num_classes, H, W]`` at the size of ``images``.
+
+        ``raw`` is a network's logits at feature resolution, dense or original (or the dense
+        logits' lattice subsample): the cell geometry is read off their size.
+        """
+        return lattice_upsample(raw, self.geometry(images, raw), images.shape[-2:])
 
     @override
     def loss_terms(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
