@@ -23,7 +23,6 @@ from dense_lightning.models.heads import (
 )
 from dense_lightning.models.heads.centernet import CenterNetHead
 from dense_lightning.models.heads.heatmap import HeatmapHead, PoseHead
-from dense_lightning.models.pretrained import convert_checkpoint, packaged_weights, remap_state_dict
 
 __all__ = [
     "DENSE_STATE_KEY",
@@ -39,12 +38,9 @@ __all__ = [
     "apply_dense_state",
     "build_segmentation_head",
     "check_backbone_name",
-    "convert_checkpoint",
     "create_backbone",
     "dense_state",
     "eval_mode",
     "make_dense",
-    "packaged_weights",
-    "remap_state_dict",
     "timm_state_dict",
 ]
