@@ -24,7 +24,7 @@ from dense_lightning.equivalent.info import get_dense_info
 from dense_lightning.equivalent.trace import ModelTrace, flatten_outputs
 from dense_lightning.errors import ConfigurationError
 
-__all__ = ["PROBE_SIDES", "dense_submodule", "is_smp_model", "stride_hint"]
+__all__ = ["PROBE_SIDES", "check_runs", "dense_submodule", "is_smp_model", "stride_hint"]
 
 #: Input sides tried, in order, to find one a whole model accepts (multiples of 32).
 PROBE_SIDES = (96, 192, 384, 768)
@@ -87,15 +87,15 @@ def dense_submodule(
                 f"not {submodule!r}; pass submodule='encoder'"
             )
         return dense_encoder(model, output_stride, **kwargs)
-    part = _get(model, submodule)
+    _get(model, submodule)  # a clear error before anything is copied
     target = model if kwargs.pop("inplace", False) else copy.deepcopy(model)
-    part = convert_part(target.get_submodule(submodule), output_stride, **kwargs)
-    set_submodule(target, submodule, part)
+    part = _convert_part(target.get_submodule(submodule), output_stride, **kwargs)
+    _set_submodule(target, submodule, part)
     check_runs(target, submodule, _in_chans(part))
     return target
 
 
-def convert_part(part: nn.Module, output_stride: int, **kwargs: Any) -> nn.Module:
+def _convert_part(part: nn.Module, output_stride: int, **kwargs: Any) -> nn.Module:
     """``part`` dense at ``output_stride``, in place; one dense at another stride is redone."""
     from dense_lightning.equivalent.convert import is_dense, to_dense, to_original
 
@@ -117,7 +117,7 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at the dotted ``name`` inside ``model``."""
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)

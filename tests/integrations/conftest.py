@@ -19,9 +19,15 @@ SKIP_REASON = "needs the [smp] extra: pip install -e '.[dev,smp]'"
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affines, so no norm layer is the identity."""
+    """Random BatchNorm statistics, norm affines and layer scales: no block is the identity.
+
+    (ConvNeXt's layer scales start at 1e-6, which would hide any error inside its blocks.)
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1] == "gamma":
+                param.copy_(torch.rand(param.shape, generator=g) + 0.5)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)

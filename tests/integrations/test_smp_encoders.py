@@ -29,13 +29,14 @@ from dense_lightning.integrations.smp import (
     dense_encoder,
     original_encoder,
 )
+from dense_lightning.integrations.smp.encoders import share_tensors
 
 # Native smp encoders and timm ("tu-") ones: resnet, efficientnet (static same padding),
 # convnext (2x2 stride-2 convolutions), seresnext (squeeze-excitation: per-phase regions).
 # The squeeze-excitation ones run many blocks per phase, which is slow on a CPU.
 ENCODERS = [
     "resnet18",
-    "tu-resnet18",
+    pytest.param("tu-resnet18", marks=pytest.mark.slow),  # also in the create_model test
     "efficientnet-b0",
     pytest.param("tu-efficientnet_b0", marks=pytest.mark.slow),
     "tu-convnext_atto",
@@ -162,3 +163,21 @@ def test_other_architectures_and_strides_are_refused_with_the_reason(make_smp):
         dense_encoder(make_smp("DeepLabV3", "resnet18"), 4)
     with pytest.raises(ConfigurationError, match="segmentation_models_pytorch model"):
         dense_encoder(torch.nn.Conv2d(3, 3, 3), 8)
+
+
+def test_without_a_config_the_encoder_is_found_from_the_model_name(make_smp, monkeypatch):
+    # smp before 0.5 records no constructor arguments; the model's name says the encoder.
+    model = make_smp("DeepLabV3Plus", "resnet18", encoder_output_stride=16)
+    monkeypatch.setattr(type(model), "config", property(lambda self: None), raising=False)
+    assert model.name == "deeplabv3plus-resnet18"
+    dense = dense_encoder(model, 8, probe_size=64)
+    assert get_dense_info(dense.encoder).original_stride == 32
+
+
+def test_weights_of_another_encoder_are_refused():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = smp.encoders.get_encoder("resnet18", weights=None)
+        other = smp.encoders.get_encoder("resnet34", weights=None)
+    with pytest.raises(ConfigurationError, match="does not hold the same weights"):
+        share_tensors(small, other)

@@ -124,6 +124,7 @@ def test_a_lightning_module_trains_with_a_dense_smp_encoder_and_exports_it(tmp_p
         torch.testing.assert_close(loaded.model.eval()(x), module.model.eval()(x))
 
 
+@pytest.mark.slow  # importing torchgeo alone takes seconds
 def test_torchgeo_segmentation_task_trains_two_steps_with_both_callbacks(tmp_path):
     trainers = pytest.importorskip("torchgeo.trainers", reason="needs torchgeo: the [smp] extra")
     torch.manual_seed(0)

@@ -87,8 +87,9 @@ def share_tensors(target: nn.Module, source: nn.Module) -> nn.Module:
             k for k in mine if tuple(mine[k].shape) != tuple(theirs[k].shape)
         ]
         raise ConfigurationError(
-            f"the rebuilt undilated encoder does not match the model's encoder "
-            f"(first differing keys: {differ[:3]}); it was changed after smp built it"
+            f"the undilated encoder rebuilt from the model's config does not hold the same "
+            f"weights as the model's encoder (first differing keys: {differ[:3]}); was the "
+            "encoder changed after smp built it?"
         )
     sources = dict(source.named_modules())
     for name, module in target.named_modules():
