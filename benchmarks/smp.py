@@ -2,10 +2,11 @@
 
 For every encoder a DeepLabV3+ is built as a user builds it, ``smp.DeepLabV3Plus(encoder_name,
 encoder_output_stride=OS, encoder_weights=None)``, with random weights, random BatchNorm
-statistics and norm affines and random layer scales (so no block is the identity), in eval mode. The reference is the
-undilated encoder, ``smp.encoders.get_encoder(encoder_name, output_stride=32)``, holding the
-same weights (loaded strictly: dilation never changes a weight). Three encoders are compared
-with it on the lattice, every feature level, with ``verify_equivalence``:
+statistics, norm affines and layer scales (so no block is the identity), in eval mode. The
+reference is the undilated encoder, ``smp.encoders.get_encoder(encoder_name,
+output_stride=32)``, holding the same weights (loaded strictly: dilation never changes a
+weight). Three encoders are compared with it on the lattice, every feature level, with
+``verify_equivalence``:
 
 - **smp ``make_dilated``**: the model's own encoder, for smp's native encoders (one dilation
   rate for a whole stage, the formerly strided convolution included);
