@@ -101,7 +101,7 @@ def test_dense_conversion_strictness(monkeypatch):
     assert not is_dense(module.net)
     seen = []
 
-    def make_dense(network, output_stride, *, strict, method):
+    def make_dense(network, output_stride, *, strict, method, submodule=None):
         seen.append(strict)
         return network
 

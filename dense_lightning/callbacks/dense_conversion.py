@@ -20,21 +20,42 @@ from dense_lightning.models import DENSE_STATE_KEY, apply_dense_state, dense_sta
 __all__ = ["DenseConversion", "restore_dense"]
 
 
-def get_network(pl_module: LightningModule, attribute: str) -> nn.Module:
-    """Return ``pl_module.<attribute>``, failing clearly when it is not a module."""
+def get_network(
+    pl_module: LightningModule, attribute: str, submodule: str | None = None
+) -> nn.Module:
+    """Return ``pl_module.<attribute>``, failing clearly when it (or its submodule) is missing."""
     network = getattr(pl_module, attribute, None)
     if not isinstance(network, nn.Module):
         raise AttributeError(
             f"{type(pl_module).__name__} has no nn.Module attribute {attribute!r} to convert; "
             "pass attribute=<name of the network attribute> (it must exist after __init__)."
         )
+    if submodule is not None:
+        try:
+            network.get_submodule(submodule)
+        except AttributeError:
+            children = [name for name, _ in network.named_children()]
+            raise AttributeError(
+                f"{type(pl_module).__name__}.{attribute} ({type(network).__name__}) has no "
+                f"submodule {submodule!r}; its children are {children}."
+            ) from None
     return network
+
+
+def check_submodule_name(submodule: str | None) -> None:
+    """Refuse a ``submodule`` argument that is not a dotted attribute name."""
+    if submodule is not None and not all(
+        p.isidentifier() or p.isdigit() for p in submodule.split(".")
+    ):
+        raise ValueError(f"submodule must be a dotted attribute name, got {submodule!r}")
 
 
 class DenseConversion(Callback):
     """Convert ``pl_module.<attribute>`` with ``to_dense`` when the trainer sets up.
 
-    Works on any LightningModule that keeps its convertible network in an attribute. The
+    Works on any LightningModule that keeps its convertible network in an attribute; with
+    ``submodule``, only that part of it (the encoder of an encoder-decoder, e.g. an smp or
+    torchgeo DeepLabV3+: ``attribute="model", submodule="encoder"``) is converted. The
     hook is ``setup``: it runs before optimizers are created (they must see the converted
     modules' parameters; conversion keeps the very same tensors anyway), before DDP wraps
     the model, and before a checkpoint is restored, so a ``ckpt_path`` loads into the dense
@@ -45,9 +66,12 @@ class DenseConversion(Callback):
         strict: refuse networks with layers that cannot be made exactly equivalent.
         attribute: name of the network attribute on the LightningModule.
         method: forward method of the network that ``to_dense`` traces.
+        submodule: dotted name of the part of the network to convert (``to_dense(...,
+            submodule=...)``); ``None`` converts the whole network.
 
     Raises:
-        ValueError: ``output_stride`` is not a power of two or ``attribute`` is not a name.
+        ValueError: ``output_stride`` is not a power of two, or ``attribute`` or
+            ``submodule`` is not a name.
     """
 
     def __init__(
@@ -56,35 +80,41 @@ class DenseConversion(Callback):
         strict: bool = True,
         attribute: str = "model",
         method: str = "forward",
+        submodule: str | None = None,
     ) -> None:
         check_output_stride(output_stride)
         if not attribute.isidentifier():
             raise ValueError(f"attribute must be an attribute name, got {attribute!r}")
         if not method.isidentifier():
             raise ValueError(f"method must be a method name, got {method!r}")
+        check_submodule_name(submodule)
         self.output_stride = output_stride
         self.strict = strict
         self.attribute = attribute
         self.method = method
+        self.submodule = submodule
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        network = get_network(pl_module, self.attribute)
-        current = dense_state(network)
+        network = get_network(pl_module, self.attribute, self.submodule)
+        current = dense_state(network, self.submodule)
+        where = ".".join(filter(None, (type(pl_module).__name__, self.attribute, self.submodule)))
         if current is not None and current["output_stride"] != self.output_stride:
             raise ConfigurationError(
-                f"{type(pl_module).__name__}.{self.attribute} is already dense at output "
-                f"stride {current['output_stride']}, but DenseConversion asks for "
-                f"{self.output_stride}; keep only one of the two settings."
+                f"{where} is already dense at output stride {current['output_stride']}, but "
+                f"DenseConversion asks for {self.output_stride}; keep only one of the two "
+                "settings."
             )
-        dense = make_dense(network, self.output_stride, strict=self.strict, method=self.method)
+        dense = make_dense(
+            network, self.output_stride, strict=self.strict, method=self.method,
+            submodule=self.submodule,
+        )  # fmt: skip
         if dense is not network:
             setattr(pl_module, self.attribute, dense)
-            info = dense.dense_info
+            state = dense_state(dense, self.submodule) or {}
             rank_zero_info(
-                f"DenseConversion: {type(pl_module).__name__}.{self.attribute} stride "
-                f"{info.original_stride} -> {info.output_stride}"
-                + (" (approximate)" if info.approximate else "")
+                f"DenseConversion: {where} stride {state['original_stride']} -> "
+                f"{state['output_stride']}" + (" (approximate)" if state["approximate"] else "")
             )
 
     @override
@@ -94,7 +124,8 @@ class DenseConversion(Callback):
         # Our tasks record this themselves; a user's module may not, and then the checkpoint
         # would not say it holds a dense network.
         states = checkpoint.setdefault(DENSE_STATE_KEY, {})
-        states.setdefault(self.attribute, dense_state(get_network(pl_module, self.attribute)))
+        network = get_network(pl_module, self.attribute, self.submodule)
+        states.setdefault(self.attribute, dense_state(network, self.submodule))
 
     @override
     def on_load_checkpoint(

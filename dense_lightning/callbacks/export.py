@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from dense_lightning.callbacks.cost import measure_cost
-from dense_lightning.callbacks.dense_conversion import get_network
+from dense_lightning.callbacks.dense_conversion import check_submodule_name, get_network
 from dense_lightning.callbacks.run_config import run_directory
 from dense_lightning.equivalent import EquivalenceReport, to_original, verify_equivalence
 from dense_lightning.files import atomic_write_all
@@ -105,6 +105,13 @@ class InverseTransferExport(Callback):
       validation metrics and cost per image (tasks only) and the timm keys the backbone
       file lacks.
 
+    With ``submodule`` (the network's encoder was converted alone, as by
+    ``DenseConversion(submodule=...)``), the rest of the network was trained on the dense
+    encoder's features, so no whole network at the original stride exists: the export is
+    ``<submodule>_original.pth``, the submodule's weights in its original strided form (for an
+    smp model, they load with ``strict=True`` into the undilated ``smp.encoders.get_encoder``),
+    verified against the dense submodule, and ``equivalence.json``.
+
     The result is also kept in :attr:`summary` (the same dictionary as ``equivalence.json``),
     which ``FitSummary(export=...)`` prints. The ``on_fit_end`` hook is used because the
     weights are final then; an interrupted run does not reach it and so exports nothing.
@@ -127,6 +134,8 @@ class InverseTransferExport(Callback):
         measure_cost: report GFLOPs and milliseconds per image of both networks.
         log_artifacts: log the exported files and the report as wandb artifacts to the
             active ``WandbLogger`` run; no-op without one.
+        submodule: export only this part of the network (the one ``DenseConversion``
+            converted with the same argument).
 
     Raises:
         ValueError: an argument is out of range.
@@ -144,6 +153,7 @@ class InverseTransferExport(Callback):
         eval_batches: int | None = None,
         measure_cost: bool = True,
         log_artifacts: bool = False,
+        submodule: str | None = None,
     ) -> None:
         if num_images < 1 or rtol <= 0 or (eval_batches is not None and eval_batches < 1):
             raise ValueError(
@@ -152,6 +162,7 @@ class InverseTransferExport(Callback):
             )
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}.")
+        check_submodule_name(submodule)
         self.dirpath = dirpath
         self.weights = weights
         self.attribute = attribute
@@ -162,6 +173,7 @@ class InverseTransferExport(Callback):
         self.eval_batches = eval_batches
         self.measure_cost = measure_cost
         self.log_artifacts = log_artifacts
+        self.submodule = submodule
         #: The last export: the content of ``equivalence.json`` plus nothing else.
         self.summary: dict[str, Any] | None = None
 
@@ -175,7 +187,8 @@ class InverseTransferExport(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The network is final by now (tasks convert in __init__, DenseConversion in setup):
         # say before the first step what the export will be, not after the last.
-        state = dense_state(get_network(pl_module, self.attribute))
+        network = get_network(pl_module, self.attribute, self.submodule)
+        state = dense_state(network, self.submodule)
         if state is not None and state["approximate"]:
             rank_zero_info(
                 f"InverseTransferExport: {type(pl_module).__name__}.{self.attribute} was "
@@ -251,6 +264,8 @@ class InverseTransferExport(Callback):
         checkpoint: dict[str, Any],
         source: WeightsSource,
     ) -> dict[str, Any]:
+        if self.submodule is not None:  # the part that was converted, on its own
+            dense = dense.get_submodule(self.submodule)
         original = to_original(dense).eval()
         images = self._images(trainer, pl_module)
         report = self._verify(original, dense, images)
@@ -312,6 +327,8 @@ class InverseTransferExport(Callback):
         loader = validation_loader(trainer)
         if not self.evaluate or loader is None or not isinstance(pl_module, ExportableTask):
             return {}
+        if self.submodule is not None:
+            return {}  # the exported part is not a network the task can score
         limit = 1 if trainer.fast_dev_run else self.eval_batches
         with _full_precision_math():
             scores = {
@@ -344,6 +361,10 @@ class InverseTransferExport(Callback):
         directory: Path,
     ) -> tuple[dict[Path, Any], dict[str, Any]]:
         """What to write: file -> writer, plus details for the report."""
+        if self.submodule is not None:
+            weights = original.state_dict()
+            path = directory / f"{self.submodule}_original.pth"
+            return {path: lambda p: torch.save(weights, p)}, {"submodule": self.submodule}
         exported = {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}
         hparams = exported.get(pl_module.CHECKPOINT_HYPER_PARAMS_KEY)
         if isinstance(hparams, Mapping) and "output_stride" in hparams:

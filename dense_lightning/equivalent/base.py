@@ -120,9 +120,13 @@ def _shallow_state(module: nn.Module) -> dict[str, Any]:
 
 _DYNAMIC: dict[tuple[type, type], type] = {}
 
-# timm layers whose forward only adds dynamic TF-"same" padding to the torch op: the lattice
-# padding replaces it, so their forward is bypassed (their weights need no transform).
-_PAD_ONLY = {"Conv2dSame", "MaxPool2dSame", "AvgPool2dSame"}
+# Layers whose forward only adds TF-"same" padding to the torch op (timm's dynamic ones,
+# EfficientNet-PyTorch's static ones): the lattice padding replaces it, so their forward is
+# bypassed (their weights need no transform).
+_PAD_ONLY = {
+    "Conv2dSame", "MaxPool2dSame", "AvgPool2dSame",
+    "Conv2dStaticSamePadding", "MaxPool2dStaticSamePadding",
+}  # fmt: skip
 
 
 def dense_class_for(base: type, original: type) -> type:

@@ -20,6 +20,12 @@ from dense_lightning.equivalent.ops import OpRecord
 from dense_lightning.equivalent.phase import PhaseRegion, remove_regions
 from dense_lightning.equivalent.proof import prove
 from dense_lightning.equivalent.regions import RegionPlan, plan_regions
+from dense_lightning.equivalent.static_padding import (
+    EZeroPadMaxPool2d,
+    StaticPaddingError,
+    static_padding,
+)
+from dense_lightning.equivalent.submodule import stride_hint
 from dense_lightning.equivalent.trace import LayerTrace, ModelTrace, trace_model
 from dense_lightning.errors import ConfigurationError
 
@@ -88,8 +94,14 @@ def _axis(module: nn.Module, layer: LayerTrace, i: int, output_stride: int) -> A
     return AxisGeometry(kernel, stride, dilation, _padding(module, i), m, big_m, dense_stride)
 
 
-def _padding(module: nn.Module, i: int) -> int | None:
-    """Original symmetric padding along axis ``i``; ``None`` for dynamic TF-"same"."""
+def _padding(module: nn.Module, i: int) -> int | tuple[int, int] | None:
+    """Original padding along axis ``i``: symmetric, ``(lead, trail)`` or ``None`` (TF-same)."""
+    try:
+        fixed = static_padding(module)
+    except StaticPaddingError as problem:
+        raise _LayerProblem(str(problem)) from None
+    if fixed is not None:
+        return fixed[i]
     padding = module.padding
     if type(module).__name__.endswith("Same") or getattr(module, "same_pad", False):
         return None
@@ -134,12 +146,7 @@ def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
         except _LayerProblem as problem:
             findings.append(Finding(name, type(module).__name__, str(problem)))
             continue
-        cls = (
-            EConv2d
-            if isinstance(module, nn.Conv2d)
-            else (EMaxPool2d if isinstance(module, nn.MaxPool2d) else EAvgPool2d)
-        )
-        replacements[name] = (cls, geometry)
+        replacements[name] = (_dense_class(module), geometry)
     breaking: list[tuple[OpRecord, str]] = []
     for op in trace.ops:
         reason = op.breaks(output_stride)
@@ -147,6 +154,15 @@ def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
             breaking.append((op, reason))
     regions, unfixed = plan_regions(trace, output_stride, breaking)
     return _Plan(replacements, regions, _unique(findings + unfixed))
+
+
+def _dense_class(module: nn.Module) -> type[EquivalentLayer]:
+    if isinstance(module, nn.Conv2d):
+        return EConv2d
+    if isinstance(module, nn.MaxPool2d):
+        # EfficientNet-PyTorch's static-same pool pads with zeros, not -inf.
+        return EZeroPadMaxPool2d if static_padding(module) is not None else EMaxPool2d
+    return EAvgPool2d
 
 
 def _check_supported(module: nn.Module) -> None:
@@ -185,6 +201,7 @@ def to_dense(
     inplace: bool = False,
     method: str = "forward",
     probe_size: int | None = None,
+    submodule: str | None = None,
 ) -> nn.Module:
     """Convert ``model`` into its dense equivalent with total stride ``output_stride``.
 
@@ -202,21 +219,43 @@ def to_dense(
             way within the returned model). Otherwise ``model`` is left untouched.
         method: Forward method to trace, e.g. ``"forward_features"`` for a classifier trunk.
         probe_size: Side of the smaller probe input (default 96).
+        submodule: Convert only this submodule (dotted name), e.g. ``"encoder"`` of an
+            encoder-decoder whose outputs are upsampled back; it is traced and proven on its
+            own outputs and must take the model's input. segmentation_models_pytorch models
+            go through :func:`dense_lightning.integrations.smp.dense_encoder`.
 
     Returns:
-        The dense model, with ``dense_info`` set on it.
+        The dense model, with ``dense_info`` set on it (on the submodule, with ``submodule``).
+        A model whose outputs are at ``output_stride`` already is returned unchanged (a copy
+        unless ``inplace``), with ``dense_info`` saying so.
 
     Raises:
         ValueError: Bad ``output_stride``, no spatial layer, or an already dense model.
         NotEquivalentError: In strict mode, naming every module that breaks equivalence.
     """
     check_output_stride(output_stride)
+    if submodule is not None:
+        from dense_lightning.equivalent.submodule import dense_submodule
+
+        return dense_submodule(
+            model, output_stride, submodule,
+            strict=strict, inplace=inplace, method=method, probe_size=probe_size,
+        )  # fmt: skip
     if is_dense(model):
         raise ConfigurationError("the model is already dense; call to_original() on it first")
     if not callable(getattr(model, method, None)):
         raise ConfigurationError(f"{type(model).__name__} has no method {method!r} to trace")
     trace = trace_model(model, method, probe_size)
+    hint = stride_hint(model, trace, output_stride)
+    if hint is not None:
+        raise ConfigurationError(hint)
     check_output_stride(output_stride, trace.stride)
+    if output_stride == trace.stride:
+        # Outputs at that stride already (an encoder-decoder at stride 1 included): nothing
+        # to convert, and converting the layers inside would change no output cell.
+        target = model if inplace else copy.deepcopy(model)
+        target.dense_info = DenseInfo(output_stride, trace.stride, False, method, max_rel_error=0.0)
+        return target
     plan = _plan(trace, output_stride)
     if plan.findings and strict:
         raise NotEquivalentError(plan.findings, output_stride, type(model).__name__)
@@ -260,5 +299,6 @@ def to_original(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     remove_regions(target, required=True)
     new_by_id = {id(m): m.restore() for m in target.modules() if isinstance(m, EquivalentLayer)}
     target = _swap(target, new_by_id)
-    target.__dict__.pop("dense_info", None)
+    for module in target.modules():  # a model whose submodule was converted holds it there
+        module.__dict__.pop("dense_info", None)
     return target

@@ -108,7 +108,8 @@ class AxisGeometry:
         kernel: Kernel size.
         stride: Original stride.
         dilation: Original dilation.
-        padding: Original symmetric padding, or ``None`` for dynamic TF-"same" padding.
+        padding: Original symmetric padding, a fixed ``(lead, trail)`` pair (a static-same
+            layer), or ``None`` for dynamic TF-"same" padding.
         in_step: Lattice step ``m`` of the dense input.
         out_step: Lattice step ``M`` of the dense output.
         dense_stride: Stride of the dense layer.
@@ -117,7 +118,7 @@ class AxisGeometry:
     kernel: int
     stride: int
     dilation: int
-    padding: int | None
+    padding: int | tuple[int, int] | None
     in_step: int
     out_step: int
     dense_stride: int
@@ -131,6 +132,8 @@ class AxisGeometry:
         """Original ``(lead, trail)`` padding for an original input of length ``n``."""
         if self.padding is None:
             return same_padding(n, self.kernel, self.stride, self.dilation)
+        if isinstance(self.padding, tuple):
+            return self.padding
         return self.padding, self.padding
 
     def plan(self, length: int, ceil_mode: bool) -> AxisPlan:

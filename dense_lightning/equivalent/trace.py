@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from dense_lightning.equivalent.ops import OpRecord, describe_op
 
 __all__ = [
+    "LARGER_PROBES",
     "SPATIAL_LAYERS",
     "LayerTrace",
     "ModelTrace",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 SPATIAL_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+#: Probe sides tried when the default ones fail, e.g. for a decoder whose pyramid pools its
+#: deepest map down further (smp's PAN needs at least 384 px).
+LARGER_PROBES = (192, 384, 768)
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
@@ -298,17 +302,24 @@ def trace_model(
     model.eval()
     try:
         # A model that rejects the default probes (a fixed position table, a minimum size)
-        # is probed at its configured size, and at a smaller step above it.
+        # is probed at its configured size, and at a smaller step above it; one that needs
+        # larger inputs (pyramid pools on its deepest map) at larger sizes.
         attempts = [(size, delta) for size in probe_sizes(model, probe_size)]
         attempts.append((attempts[-1][0], delta // 2))
+        defaults = len(attempts)
+        if probe_size is None:
+            attempts += [(size, delta) for size in LARGER_PROBES]
+        failure: ValueError | None = None
         for attempt, (size, delta) in enumerate(attempts):
             try:
                 p1 = _run_probe(model, method, size, in_chans)
                 p2 = _run_probe(model, method, size + delta, in_chans)
                 break
-            except ValueError:
+            except ValueError as error:
+                # The default probes' failure is the one to report if none fits.
+                failure = error if attempt < defaults else failure
                 if attempt == len(attempts) - 1:
-                    raise
+                    raise failure from failure.__cause__
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())

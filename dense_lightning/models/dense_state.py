@@ -18,28 +18,40 @@ __all__ = ["DENSE_STATE_KEY", "apply_dense_state", "dense_state", "make_dense"]
 DENSE_STATE_KEY = "dense_lightning"
 
 
-def dense_state(network: nn.Module) -> dict[str, Any] | None:
+def dense_state(network: nn.Module, submodule: str | None = None) -> dict[str, Any] | None:
     """Describe how ``network`` was converted, or ``None`` for the original structure.
 
     Args:
         network: a network that ``to_dense`` may have converted.
+        submodule: the dotted name of the converted submodule (an encoder), when only that
+            part was converted (``to_dense(..., submodule=...)``).
 
     Returns:
-        ``{"output_stride", "original_stride", "approximate", "method"}`` or ``None``.
+        ``{"output_stride", "original_stride", "approximate", "method"}`` (plus
+        ``"submodule"`` when given) or ``None``.
     """
-    info = getattr(network, "dense_info", None)
+    holder = network.get_submodule(submodule) if submodule else network
+    info = getattr(holder, "dense_info", None)
     if info is None:
         return None
-    return {
+    state = {
         "output_stride": info.output_stride,
         "original_stride": info.original_stride,
         "approximate": info.approximate,
         "method": info.method,
     }
+    if submodule:
+        state["submodule"] = submodule
+    return state
 
 
 def make_dense(
-    network: nn.Module, output_stride: int, *, strict: bool = True, method: str = "forward"
+    network: nn.Module,
+    output_stride: int,
+    *,
+    strict: bool = True,
+    method: str = "forward",
+    submodule: str | None = None,
 ) -> nn.Module:
     """Return ``network`` dense at ``output_stride``, converting only when needed.
 
@@ -48,16 +60,19 @@ def make_dense(
 
     Args:
         network: original or dense network.
-        output_stride: the wanted total stride.
+        output_stride: the wanted total stride (of ``submodule`` when given).
         strict: raise ``NotEquivalentError`` for layers that cannot be made equivalent.
         method: forward method traced by ``to_dense``.
+        submodule: convert only this submodule (an encoder): ``to_dense(..., submodule=...)``.
 
     Returns:
         The dense network (a converted copy when a conversion happened).
     """
-    current = dense_state(network)
+    current = dense_state(network, submodule)
     if current is not None and current["output_stride"] == output_stride:
         return network
+    if submodule is not None:  # a dense submodule at another stride is redone in there
+        return to_dense(network, output_stride, strict=strict, method=method, submodule=submodule)
     if is_dense(network):
         network = to_original(network)
     return to_dense(network, output_stride, strict=strict, method=method)
@@ -81,4 +96,5 @@ def apply_dense_state(network: nn.Module, state: dict[str, Any] | None) -> nn.Mo
         # An approximate conversion was saved on purpose; restoring it must not refuse.
         strict=not state.get("approximate", False),
         method=state.get("method", "forward"),
+        submodule=state.get("submodule"),
     )
