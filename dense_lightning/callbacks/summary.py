@@ -16,6 +16,8 @@ from typing_extensions import override
 
 from dense_lightning.callbacks.baselines import SegmentationBaselines
 from dense_lightning.callbacks.export import InverseTransferExport
+from dense_lightning.callbacks.run_config import run_directory
+from dense_lightning.callbacks.summary_record import write_record
 from dense_lightning.viz.draw import ordinal
 
 __all__ = [
@@ -261,12 +263,15 @@ class FitSummary(Callback):
     ``equivalence_max_rel_error``), where a sweep or a runs table can read them.
 
     The ``dense-lightning`` command links the run's ``InverseTransferExport`` and
-    ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them.
+    ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them. The
+    summary is also written to ``summary.json`` in the run's folder (see
+    :mod:`~dense_lightning.callbacks.summary_record`: the README's demo block comes from one).
 
     Args:
         export: the export callback whose :attr:`~InverseTransferExport.summary` is shown.
         baselines: reference scores (floor and ceiling) shown beside the models.
         console_width: width of the tables; default the terminal's.
+        write_record: write ``summary.json`` into the run's folder.
     """
 
     def __init__(
@@ -274,10 +279,12 @@ class FitSummary(Callback):
         export: InverseTransferExport | None = None,
         baselines: SegmentationBaselines | None = None,
         console_width: int | None = None,
+        write_record: bool = True,
     ) -> None:
         self.export = export
         self.baselines = baselines
         self.console_width = console_width
+        self.write_record = write_record
         #: Rows of the last summary printed.
         self.rows: list[Row] = []
         #: Score rows of the last summary printed.
@@ -301,6 +308,8 @@ class FitSummary(Callback):
             # then), or it is redrawn below the table.
             bar.teardown(trainer, pl_module, stage)
         print_summary(Console(width=self.console_width), self.rows, self.scores)
+        if self.write_record:
+            write_record(run_directory(trainer), self.rows, self.scores)
         self._update_wandb_summary(trainer, pl_module, export)
 
     @staticmethod
