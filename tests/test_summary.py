@@ -241,7 +241,9 @@ def test_the_best_shown_is_never_a_validation_behind(tmp_path, seg_task, seg_dat
 def test_line_progress_prints_steps_and_validations(tmp_path, seg_task, seg_data, capsys):
     lines = LineProgress(every_n_steps=1)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_miou", mode="max")
-    _fit(tmp_path, seg_task, seg_data, [lines, checkpoint], max_epochs=2, limit_train_batches=2)
+    trainer, task = _fit(
+        tmp_path, seg_task, seg_data, [lines, checkpoint], max_epochs=2, limit_train_batches=2
+    )
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     steps = [line for line in out if " step " in line]
     validations = [line for line in out if " validation " in line]
@@ -249,6 +251,8 @@ def test_line_progress_prints_steps_and_validations(tmp_path, seg_task, seg_data
     assert [line.split()[1] for line in validations] == ["0/1", "1/1"]
     assert all("loss " in line and "elapsed " in line for line in out)
     assert "val_miou " in validations[0] and "best " in validations[0]
+    trainer.validate(task, datamodule=seg_data(), verbose=False)  # outside fit: batches
+    assert capsys.readouterr().out.splitlines()[0].startswith("validation  batch 1/1  elapsed ")
     with pytest.raises(ValueError, match="every_n_steps"):
         LineProgress(every_n_steps=0)
 

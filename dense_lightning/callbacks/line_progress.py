@@ -120,8 +120,9 @@ class LineProgress(ProgressBar):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._emit(f"{self._epoch(trainer)}  validation  {self._values(trainer, pl_module)}")
 
-    def _eval_line(self, stage: str, batch_index: int, total: float) -> None:
+    def _eval_line(self, stage: str, batch_index: int, totals: Sequence[float], index: int) -> None:
         done = batch_index + 1
+        total = totals[index] if index < len(totals) else math.inf
         every = self.every_n_steps or 50
         if done % every == 0 or done == total:
             total_text = str(int(total)) if math.isfinite(total) else "?"
@@ -138,7 +139,7 @@ class LineProgress(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         if trainer.state.fn != "fit":
-            self._eval_line("validation", batch_idx, self.total_val_batches_current_dataloader)
+            self._eval_line("validation", batch_idx, trainer.num_val_batches, dataloader_idx)
 
     @override
     def on_test_batch_end(
@@ -150,7 +151,7 @@ class LineProgress(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_line("test", batch_idx, self.total_test_batches_current_dataloader)
+        self._eval_line("test", batch_idx, trainer.num_test_batches, dataloader_idx)
 
     @override
     def on_predict_batch_end(
@@ -162,4 +163,4 @@ class LineProgress(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_line("predict", batch_idx, self.total_predict_batches_current_dataloader)
+        self._eval_line("predict", batch_idx, trainer.num_predict_batches, dataloader_idx)

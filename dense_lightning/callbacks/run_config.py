@@ -62,6 +62,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     def filename(self, stage: str) -> str:
         """``config_filename`` for ``fit``, ``<stem>_<stage><suffix>`` for other stages."""
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
         if stage == "fit":
             return self.config_filename
         name = Path(self.config_filename)
