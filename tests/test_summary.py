@@ -250,6 +250,7 @@ def test_line_progress_prints_steps_and_validations(tmp_path, seg_task, seg_data
     assert [line.split()[3] for line in steps] == ["1/4", "2/4", "3/4", "4/4"]
     assert [line.split()[1] for line in validations] == ["0/1", "1/1"]
     assert all("loss " in line and "elapsed " in line for line in out)
+    assert not any("val_" in line for line in steps)  # the last validation is on its own line
     assert "val_miou " in validations[0] and "best " in validations[0]
     trainer.validate(task, datamodule=seg_data(), verbose=False)  # outside fit: batches
     assert capsys.readouterr().out.splitlines()[0].startswith("validation  batch 1/1  elapsed ")

@@ -34,7 +34,7 @@ class LineProgress(ProgressBar):
     log), it shows nothing until the run ends. These lines are for such logs::
 
         epoch 0/5  step 10/96  loss 1.2034  0.41 s/step  elapsed 0:00:05
-        epoch 0/5  validation  loss 1.0871  val_loss 1.1327  val_miou 0.2514  best 0.2514
+        epoch 0/5  validation  loss 1.0871  val_loss 1.1327  val_miou 0.2514  best 0.2514  ...
 
     with the same values as :class:`~dense_lightning.callbacks.DenseProgressBar`; evaluation
     outside ``fit`` gets a line every ``every_n_steps`` batches. Rank zero only.
@@ -91,8 +91,11 @@ class LineProgress(ProgressBar):
         last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         return f"epoch {trainer.current_epoch}/{last}"
 
-    def _values(self, trainer: Trainer, pl_module: LightningModule) -> str:
+    def _values(self, trainer: Trainer, pl_module: LightningModule, validation: bool) -> str:
+        # Step lines keep to the training values; validation lines add the rest.
         shown = self.get_metrics(trainer, pl_module)
+        if not validation:
+            shown = {k: v for k, v in shown.items() if not k.startswith("val_") and k != "best"}
         return "  ".join(f"{key} {_value(value)}" for key, value in shown.items())
 
     @override
@@ -112,13 +115,14 @@ class LineProgress(ProgressBar):
         self._mark = (now, step)
         total = trainer.estimated_stepping_batches
         total_text = str(int(total)) if math.isfinite(total) else "?"
-        values = self._values(trainer, pl_module)
+        values = self._values(trainer, pl_module, validation=False)
         self._emit(f"{self._epoch(trainer)}  step {step}/{total_text}  {values}  {pace:.2f} s/step")
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._emit(f"{self._epoch(trainer)}  validation  {self._values(trainer, pl_module)}")
+            values = self._values(trainer, pl_module, validation=True)
+            self._emit(f"{self._epoch(trainer)}  validation  {values}")
 
     def _eval_line(self, stage: str, batch_index: int, totals: Sequence[float], index: int) -> None:
         done = batch_index + 1
