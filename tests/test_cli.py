@@ -13,7 +13,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from dense_lightning.cli import one_line, user_error
+from dense_lightning.cli.messages import error_text
+from dense_lightning.data.verify import DatasetError
 from dense_lightning.equivalent import get_dense_info, is_dense
+from dense_lightning.errors import ConfigurationError
 from dense_lightning.tasks import SemanticSegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,10 +125,25 @@ def test_help_says_what_the_tool_does_and_lists_tasks_and_configs(run_cli, capsy
             "image_size: expected int, got 'big'",
         ),
         ("unrecognized arguments: --x 1", "unrecognized arguments: --x 1"),
+        (
+            "Parser key \"config\":\n  File does not exist: '/runs/nonexistent.yaml'",
+            "config: no such file: /runs/nonexistent.yaml",
+        ),
     ],
 )
 def test_one_line_messages(message, line):
     assert one_line(message) == line
+
+
+def test_a_report_by_kind_keeps_its_lines_and_anything_else_is_one_line():
+    report = DatasetError("VOC-style folder /d: 2 bad file(s)\n  unreadable image (1): a.jpg\n"
+                          "  listed mask missing (1): b.png")  # fmt: skip
+    assert error_text(report).splitlines() == [
+        "VOC-style folder /d: 2 bad file(s)",
+        "  unreadable image (1): a.jpg",
+        "  listed mask missing (1): b.png",
+    ]
+    assert error_text(ConfigurationError("a setting\nthat wraps")) == "a setting that wraps"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEFTOVERS = [
     "wandb/offline-run-1/files/config.yaml", "config.yaml", "dense-lightning/abc/config.yaml",
     "preds/image_0.png", "lightning_logs/version_0/checkpoints/last.ckpt", "outputs/sweeps/x",
+    "config_validate.yaml", "summary.json",
 ]  # fmt: skip
 
 

@@ -35,11 +35,16 @@ from dense_lightning.viz import (
     slice_batch,
     tile,
     title_height,
+    title_lines,
     titled,
     to_hwc,
     to_uint8_image,
     upscale,
 )
+from dense_lightning.viz.cells import _FADE as FADE
+from dense_lightning.viz.cells import EMPTY_CELL, cell_margins
+from dense_lightning.viz.guides import _tick
+from dense_lightning.viz.text import font, wrap_text
 
 
 def _blank(size=32, value=100):
@@ -131,7 +136,15 @@ def test_tile_titled_upscale_and_hwc():
     a, b = _blank(8), _blank(16)
     grid = tile([[a, b], [b]], gap=2)
     assert grid.shape == (3, 2 + 16 + 2 + 16 + 2, 2 + 8 + 2 + 16 + 2)
-    assert titled(a, "a long title that does not fit").shape == (3, 8 + title_height(), 8)
+    wide = _blank(64)
+    assert titled(wide, "input").shape == (3, 64 + title_height(), 64)
+    # A title wider than its panel wraps instead of being cut; a row's titles share a height.
+    title = "prediction, score >= 0.30"
+    lines = wrap_text(title, 62, font())
+    assert len(lines) > 1 and " ".join(lines) == title  # nothing cut
+    assert title_lines(["input", title], 64) == len(lines)
+    assert titled(wide, title).shape == (3, 64 + title_height(lines=len(lines)), 64)
+    assert titled(wide, "input", lines=len(lines)).shape == titled(wide, title).shape
     assert upscale(a, 3).shape == (3, 24, 24)
     assert to_hwc(a).shape == (8, 8, 3)
     with pytest.raises(ValueError):
@@ -161,12 +174,17 @@ def test_render_predictions_for_each_task_format():
            "scores": torch.tensor([0.9])}  # fmt: skip
     det_batch = {"boxes": [box["boxes"]] * 2, "labels": [box["labels"]] * 2}
     det = render_predictions(images, [box, box], det_batch, ctx)
-    assert det.shape[-2] == panels[0] and det.shape[-1] > panels[1]
+    # "prediction, score >= 0.30" takes more than a line over a 64-pixel panel.
+    lines = title_lines(["prediction, score >= 0.30"], 64)
+    scored_rows = 2 + 2 * (title_height(lines=lines) + 64 + 2)
+    assert lines > 1 and det.shape[-2] == scored_rows and det.shape[-1] > panels[1]
     kps = torch.tensor([[[4.0, 4.0, 0.8], [20.0, 20.0, 0.9]]])
     pose = {**box, "keypoints": kps}
     kp_batch = {**det_batch, "keypoints": [kps] * 2}
     # Keypoint instances are coloured one by one: no class legend.
-    assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == (3, *panels)
+    assert render_predictions(images, [pose, pose], kp_batch, ctx).shape == (
+        3, scored_rows, panels[1]
+    )  # fmt: skip
     # Without ground truth: input and prediction only.
     alone = render_predictions(images, [pose, pose], None, ctx)
     assert alone.shape[-1] == 2 + 2 * (64 + 2)
@@ -214,14 +232,17 @@ def _first_map(output):
     return output["heatmap"] if isinstance(output, dict) else output
 
 
-def _panels(image, rows, size, columns=3):
+def _panels(result, rows, size, factor, columns=3):
     """The map panels (without titles) of each row of a dense vs original picture."""
+    (top, bottom), (left, right) = result.margins
+    height, width = (size + (top + bottom)) * factor, (size + (left + right)) * factor
+    titles = title_height(lines=title_lines(["original, stride 4", "dense, stride 1"], width))
     out = []
     for row in range(rows):
-        top = 2 + row * (title_height() + size + 2) + title_height()
-        band = image[:, top : top + size]
+        start = 2 + row * (titles + height + 2) + titles
+        band = result.image[:, start : start + height]
         out.append(
-            [band[..., 2 + i * (size + 2) : 2 + i * (size + 2) + size] for i in range(columns)]
+            [band[..., 2 + i * (width + 2) : 2 + i * (width + 2) + width] for i in range(columns)]
         )
     return out
 
@@ -240,7 +261,8 @@ def test_dense_vs_original_puts_each_original_cell_on_its_dense_lattice_cell(net
     factor = 2  # 20-pixel images enlarged to 40
     scored = isinstance(net, _DictNet | _ValidNet)  # heat scale, else class colours
     cells_y, cells_x = _first_map(net(images)).shape[-2:]  # the original network's cells
-    for _, original, dense_panel in _panels(result.image, rows=2, size=40):
+    (top, _), (left, _) = result.margins
+    for _, original, dense_panel in _panels(result, rows=2, size=20, factor=factor):
         assert not torch.equal(original, dense_panel)
         cells = 0
         for i, j in itertools.product(range(cells_y), range(cells_x)):
@@ -248,15 +270,21 @@ def test_dense_vs_original_puts_each_original_cell_on_its_dense_lattice_cell(net
             if not (0 <= y < 20 and 0 <= x < 20):
                 continue
             # Original cell (i, j) and dense cell (4i, 4j) sit on pixel (y, x): same colour.
-            py, px = round(y) * factor + factor // 2, round(x) * factor + factor // 2
+            py, px = (round(y) + top) * factor + factor // 2, (round(x) + left) * factor + 1
             assert torch.equal(original[:, py, px], dense_panel[:, py, px])
             cells += 1
         assert cells >= 4
         if scored:  # elsewhere the dense map has cells of its own (scores differ cell to cell)
             assert len(dense_panel.reshape(3, -1).unique(dim=1).T) > 4 * cells
-    # A guide beside the panels: a class legend for logits, a colour bar for scores.
-    assert result.image.shape[-1] > 2 + 3 * 42
-    guide = result.image[:, :, 2 + 3 * 42 :]
+    # A guide beside the panels: a class legend for logits, a colour bar for scores, which
+    # says what the scores are.
+    panel_width = (20 + sum(result.margins[1])) * factor + 2
+    assert result.image.shape[-1] > 2 + 3 * panel_width
+    guide = result.image[:, :, 2 + 3 * panel_width :]
+    if scored:
+        assert result.colours.startswith("heatmap score: sigmoid")
+    else:
+        assert result.colours == "class of the highest logit"
     if scored:
         top = heat_colormap(torch.ones(1, 1), 0.0, 1.0)[:, 0, 0]
         assert (guide == top.view(3, 1, 1)).all(0).any()
@@ -274,8 +302,32 @@ def test_paint_cells_puts_cell_j_at_its_pixel():
     for i, j in itertools.product(range(2), range(3)):
         y, x = 3 + 4 * i, 3 + 4 * j
         assert torch.equal(painted[:, y, x], colors[:, i, j])
-    assert torch.equal(painted[:, 0, 0], colors[:, 0, 0])  # before cell 0: clamped
-    assert torch.equal(painted[:, 11, 13], colors[:, 1, 2])  # past the last cell: clamped
+    # Pixels no cell covers (before cell 0, past the last one) are grey, not the nearest cell.
+    assert (painted[:, 0, 0] == EMPTY_CELL).all() and (painted[:, 11, 13] == EMPTY_CELL).all()
+
+
+def test_every_cell_is_drawn_whole_even_where_it_overhangs_the_image():
+    colors = (torch.arange(3 * 3 * 4, dtype=torch.uint8).view(3, 3, 4) * 7) % 200
+    geometry = CellGeometry(stride=(4, 4), offset=(0.0, 0.0))  # padded: cell 0 at pixel 0
+    margins = cell_margins([(geometry, (3, 4))], (12, 16))
+    assert margins == ((2, 0), (2, 0))  # cell 0 covers pixels -2..1
+    painted = paint_cells(colors, geometry, (12, 16), margins)
+    assert painted.shape == (3, 14, 18)
+    faded = (colors.float() * (1 - FADE) + 255 * FADE).round().to(torch.uint8)
+    for j in range(4):  # each column of cells is 4 pixels wide, the first one too
+        shades = (colors[:, 1, j], faded[:, 1, j])
+        column = [x for x in range(18) if any(torch.equal(painted[:, 5, x], c) for c in shades)]
+        assert column == list(range(4 * j, 4 * j + 4))
+    assert (painted[:, 5, 16:] == EMPTY_CELL).all()  # past the last cell: no cell
+    # The part of a cell outside the image is faded toward white; inside it is the cell's.
+    assert torch.equal(painted[:, 2, 2], colors[:, 0, 0])
+    assert (painted[:, 0, 0].int() > colors[:, 0, 0].int()).all()
+
+
+def test_colour_bar_ticks_are_told_apart():
+    for span in (0.02, 0.5, 20.0):
+        ticks = [_tick(0.1 + span * i / 4, span) for i in range(5)]
+        assert len(set(ticks)) == 5, ticks
 
 
 def test_output_geometry_is_the_traced_one_and_survives_untraceable_networks():

@@ -17,7 +17,8 @@ def test_committed_examples_exist_and_are_small():
         assert path.is_file(), f"{path} missing: run python -m dense_lightning.viz.examples"
         assert path.stat().st_size < MAX_BYTES
         with Image.open(path) as image:
-            assert image.format == "PNG" and min(image.size) >= 128
+            # Readable at their own size: panels drawn twice as large as the 96-pixel images.
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 400
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from typing_extensions import override
 
-from dense_lightning.callbacks.cost import measure_cost
+from dense_lightning.callbacks.cost import measure_costs
 from dense_lightning.callbacks.dense_conversion import check_submodule_name, get_network
 from dense_lightning.callbacks.run_config import run_directory
 from dense_lightning.equivalent import EquivalenceReport, to_original, verify_equivalence
@@ -131,7 +131,8 @@ class InverseTransferExport(Callback):
         rtol: largest accepted error relative to the largest output magnitude.
         evaluate: score the dense and exported networks on the validation set (tasks only).
         eval_batches: stop the evaluation after this many batches (``None``: whole set).
-        measure_cost: report GFLOPs and milliseconds per image of both networks.
+        measure_cost: report GFLOPs and milliseconds per image of both networks (timed in
+            turns, median, this process's CPU time on a CPU: see ``measure_costs``).
         log_artifacts: log the exported files and the report as wandb artifacts to the
             active ``WandbLogger`` run; no-op without one.
         submodule: export only this part of the network (the one ``DenseConversion``
@@ -344,14 +345,11 @@ class InverseTransferExport(Callback):
 
     def _cost(
         self, dense: nn.Module, original: nn.Module, images: Tensor
-    ) -> dict[str, dict[str, float]]:
+    ) -> dict[str, dict[str, float | str]]:
         if not self.measure_cost:
             return {}
         method = (dense_state(dense) or {}).get("method", "forward")
-        return {
-            name: measure_cost(network, images, method=method)
-            for name, network in (("dense", dense), ("exported", original))
-        }
+        return measure_costs({"dense": dense, "exported": original}, images, method=method)
 
     def _payloads(
         self,

@@ -1,4 +1,8 @@
-"""DenseProgressBar: the rich progress bar showing the few numbers worth watching."""
+"""DenseProgressBar: the rich progress bar showing the few numbers worth watching.
+
+Also the choice of every run's default callbacks: a rich bar on a terminal, plain lines
+(:class:`~dense_lightning.callbacks.LineProgress`) when the output goes to a file.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,33 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from rich.console import Console
 from typing_extensions import override
 
 from dense_lightning.callbacks.baselines import SegmentationBaselines
 from dense_lightning.callbacks.export import InverseTransferExport
+from dense_lightning.callbacks.interrupt import InterruptCheckpoint
+from dense_lightning.callbacks.line_progress import LineProgress
+from dense_lightning.callbacks.progress_values import shown_metrics
 from dense_lightning.callbacks.summary import FitSummary
 
 __all__ = ["DenseProgressBar", "default_callbacks"]
-
-# Progress-bar names of the always-shown values: Lightning's key -> what the bar says.
-_RENAMES = {"train_loss_step": "loss", "train_loss": "loss"}
 
 
 class DenseProgressBar(RichProgressBar):
     """Lightning's rich progress bar with the losses, the monitored metric and its best value.
 
     Shown: the training loss, the validation loss, the metric the task is selected on
-    (``pl_module.monitor``) and the checkpoint callback's best value of it. The tasks log
-    every validation metric with ``prog_bar=True`` (mAP at three IoUs, keypoint AP and AR,
-    PCK...), which wraps the bar over several lines; this keeps the line short. Every other
-    value is still in the loggers and ``trainer.callback_metrics``.
+    (``pl_module.monitor``) and the best value of it so far
+    (:func:`~dense_lightning.callbacks.progress_values.best_so_far`). The
+    tasks log every validation metric with ``prog_bar=True`` (mAP at three IoUs, keypoint AP
+    and AR, PCK...), which wraps the bar over several lines; this keeps the line short.
+    Every other value is still in the loggers and ``trainer.callback_metrics``.
 
     Args:
         metrics: progress-bar keys to show instead of the default (``train_loss_step``,
             ``val_loss``, the task's ``monitor``).
-        show_best: add ``best`` for the best monitored score of the checkpoint callback.
+        show_best: add ``best`` for the best monitored score.
         refresh_rate: update the bar every this many batches.
         leave: keep the bar of finished epochs on the screen.
     """
@@ -47,31 +53,28 @@ class DenseProgressBar(RichProgressBar):
         self.metrics = list(metrics) if metrics is not None else None
         self.show_best = show_best
 
-    def keys(self, pl_module: LightningModule) -> list[str]:
-        """The progress-bar keys shown for ``pl_module``, in order."""
-        if self.metrics is not None:
-            return self.metrics
-        monitor = getattr(pl_module, "monitor", None)
-        return ["train_loss_step", "train_loss", "val_loss", *([monitor] if monitor else [])]
-
     @override
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
-        shown: dict[str, Any] = {}
-        for key in self.keys(pl_module):
-            if key in items:
-                shown.setdefault(_RENAMES.get(key, key), items[key])
-        best = getattr(trainer.checkpoint_callback, "best_model_score", None)
-        if self.show_best and best is not None:
-            shown["best"] = round(float(best), 4)
-        return shown
+        return shown_metrics(items, trainer, pl_module, self.metrics, self.show_best)
 
 
-def default_callbacks(trainer_config: Mapping[str, Any]) -> list[Callback]:
+def _interactive() -> bool:
+    """Whether the output is watched live (a terminal or a notebook), not written to a file."""
+    console = Console()
+    return console.is_terminal or console.is_jupyter
+
+
+def default_callbacks(
+    trainer_config: Mapping[str, Any], command: Sequence[str] | None = None
+) -> list[Callback]:
     """Callbacks that every ``dense-lightning`` run gets unless its config has its own.
 
-    - :class:`DenseProgressBar`, unless the progress bar is disabled or the config lists a
-      progress bar (two progress bars are an error in Lightning);
+    - a progress display, unless the progress bar is disabled or the config lists one (two
+      are an error in Lightning): :class:`DenseProgressBar` on a terminal or in a notebook,
+      :class:`~dense_lightning.callbacks.LineProgress` (plain lines) when the output goes
+      to a file, as in a batch job, where a live bar prints nothing until it ends;
+    - :class:`~dense_lightning.callbacks.InterruptCheckpoint`, unless checkpointing is off;
     - :class:`~dense_lightning.callbacks.FitSummary`, unless the config lists one.
 
     The summary, new or listed, is given the config's ``InverseTransferExport`` and
@@ -80,13 +83,17 @@ def default_callbacks(trainer_config: Mapping[str, Any]) -> list[Callback]:
     Args:
         trainer_config: the trainer's arguments with ``callbacks`` instantiated (what
             ``LightningCLI.instantiate_trainer`` receives in ``config_init``).
+        command: the command line, for the interrupt checkpoint's resume hint.
     """
     callbacks = trainer_config.get("callbacks") or []
     callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
     extra: list[Callback] = []
     wants_bar = trainer_config.get("enable_progress_bar", True) is not False
     if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-        extra.append(DenseProgressBar())
+        extra.append(DenseProgressBar() if _interactive() else LineProgress())
+    checkpointing = trainer_config.get("enable_checkpointing", True) is not False
+    if checkpointing and not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
+        extra.append(InterruptCheckpoint(command))
     summaries = [c for c in callbacks if isinstance(c, FitSummary)]
     if not summaries:
         summaries = [FitSummary()]

@@ -35,7 +35,9 @@ class SaveRunConfig(SaveConfigCallback):
     Lightning's own saver writes to ``trainer.log_dir``, which for loggers without a local
     log folder (wandb) is their ``save_dir``: the working folder, shared by every run and
     every sweep agent started there. Here each run's config lands beside its checkpoints
-    and exports, written atomically on rank zero.
+    and exports, written atomically on rank zero. ``fit`` writes ``config.yaml``; an
+    evaluation (``validate``, ``test``, ``predict``), which may continue a trained run's
+    folder, writes ``config_<stage>.yaml`` beside it and leaves the training config alone.
 
     Args:
         parser: the CLI's parser.
@@ -58,10 +60,18 @@ class SaveRunConfig(SaveConfigCallback):
         # Lightning's trainer.log_dir step is replaced by save_config below.
         super().__init__(parser, config, config_filename, overwrite, multifile, False)
 
+    def filename(self, stage: str) -> str:
+        """``config_filename`` for ``fit``, ``<stem>_<stage><suffix>`` for other stages."""
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        if stage == "fit":
+            return self.config_filename
+        name = Path(self.config_filename)
+        return f"{name.stem}_{stage}{name.suffix}"
+
     @override
     @rank_zero_only
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        path = run_directory(trainer) / self.config_filename
+        path = run_directory(trainer) / self.filename(stage)
         if path.exists() and not self.overwrite:
             raise RuntimeError(
                 f"{path} exists: not overwriting the config of a previous run. Delete it, or "

@@ -16,9 +16,21 @@ from typing_extensions import override
 
 from dense_lightning.callbacks.baselines import SegmentationBaselines
 from dense_lightning.callbacks.export import InverseTransferExport
+from dense_lightning.callbacks.run_config import run_directory
+from dense_lightning.callbacks.summary_record import write_record
 from dense_lightning.viz.draw import ordinal
 
-__all__ = ["FitSummary", "fit_summary_rows", "fit_summary_table", "score_rows", "score_table"]
+__all__ = [
+    "PATH_ROWS",
+    "FitSummary",
+    "fit_summary_rows",
+    "fit_summary_table",
+    "path_lines",
+    "print_summary",
+    "rows_table",
+    "score_rows",
+    "score_table",
+]
 
 Row = tuple[str, str]
 
@@ -122,16 +134,39 @@ def fit_summary_rows(
     return rows
 
 
+# Rows whose values are paths: printed whole below the table, where they can be copied (a
+# table cell breaks them mid-word to fit its column).
+PATH_ROWS = ("best checkpoint", "last checkpoint", "export dir", "  file")
+
+
 def fit_summary_table(
     trainer: Trainer, pl_module: LightningModule, export: Mapping[str, Any] | None = None
 ) -> Table:
-    """:func:`fit_summary_rows` as a ``rich`` table."""
+    """:func:`fit_summary_rows` as a ``rich`` table, without the paths (:func:`path_lines`)."""
+    return rows_table(fit_summary_rows(trainer, pl_module, export))
+
+
+def rows_table(rows: list[Row]) -> Table:
+    """Summary rows other than :data:`PATH_ROWS` as a two-column ``rich`` table."""
     table = Table(title="dense-lightning fit summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold cyan", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for what, value in fit_summary_rows(trainer, pl_module, export):
-        table.add_row(what, value)
+    for what, value in rows:
+        if what not in PATH_ROWS:
+            table.add_row(what, value)
     return table
+
+
+def path_lines(rows: list[Row]) -> list[str]:
+    """The :data:`PATH_ROWS` of a summary as lines, each path whole; exported files by name."""
+    lines = []
+    files = [Path(value).name for what, value in rows if what == "  file"]
+    for what, value in rows:
+        if what in PATH_ROWS and what != "  file":
+            lines.append(f"{what:<16} {value}")
+            if what == "export dir" and files:
+                lines.append(f"{'':<16} {', '.join(files)}")
+    return lines
 
 
 ScoreRow = tuple[str, dict[str, float], dict[str, float]]
@@ -173,20 +208,49 @@ def score_rows(
     return rows
 
 
+_CLOCKS = {"cpu": "CPU ms", "cuda": "GPU ms"}
+
+
 def score_table(rows: list[ScoreRow]) -> Table:
-    """:func:`score_rows` as a ``rich`` table: one column per metric, then the cost."""
+    """:func:`score_rows` as a ``rich`` table: one column per metric, then the cost.
+
+    Numbers never wrap or shorten: at 80 columns the model names wrap instead. The time
+    column says its clock (``CPU ms``: this process's CPU time per image, see
+    :func:`~dense_lightning.callbacks.measure_costs`).
+    """
     names = sorted({key for _, values, _ in rows for key in values})
+    clocks = {str(cost.get("clock")) for _, _, cost in rows if "ms" in cost}
+    ms_header = _CLOCKS.get(clocks.pop(), "ms") if len(clocks) == 1 else "ms"
+    cells = [
+        [
+            *(_number(values.get(n)) for n in names),
+            f"{cost['gflops']:.2f}" if "gflops" in cost else "-",
+            f"{cost['ms']:.1f}" if "ms" in cost else "-",
+        ]
+        for _, values, cost in rows
+    ]
+    headers = [*names, "GFLOPs", ms_header]
     table = Table(title="validation scores, cost per image", title_justify="left")
-    table.add_column("model", style="bold cyan", no_wrap=True)
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_column("GFLOPs", justify="right")
-    table.add_column("ms (this machine)", justify="right")
-    for title, values, cost in rows:
-        gflops = f"{cost['gflops']:.2f}" if "gflops" in cost else "-"
-        ms = f"{cost['ms']:.1f}" if "ms" in cost else "-"
-        table.add_row(title, *(_number(values.get(n)) for n in names), gflops, ms)
+    table.add_column("model", style="bold cyan", overflow="fold", ratio=1)
+    for i, header in enumerate(headers):
+        width = max([len(header), *(len(row[i]) for row in cells)])
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for (title, _, _), row in zip(rows, cells, strict=True):
+        table.add_row(title, *row)
     return table
+
+
+def print_summary(console: Console, rows: list[Row], scores: list[ScoreRow]) -> None:
+    """Print the summary table, its paths (whole, for copying) and the score table."""
+    console.print(rows_table(rows))
+    lines = path_lines(rows)
+    if lines:
+        console.print("files", style="bold")
+        for line in lines:
+            # soft_wrap: no line breaks are inserted; a terminal wraps the line itself.
+            console.print(line, soft_wrap=True, highlight=False)
+    if scores:
+        console.print(score_table(scores))
 
 
 class FitSummary(Callback):
@@ -199,12 +263,15 @@ class FitSummary(Callback):
     ``equivalence_max_rel_error``), where a sweep or a runs table can read them.
 
     The ``dense-lightning`` command links the run's ``InverseTransferExport`` and
-    ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them.
+    ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them. The
+    summary is also written to ``summary.json`` in the run's folder (see
+    :mod:`~dense_lightning.callbacks.summary_record`: the README's demo block comes from one).
 
     Args:
         export: the export callback whose :attr:`~InverseTransferExport.summary` is shown.
         baselines: reference scores (floor and ceiling) shown beside the models.
         console_width: width of the tables; default the terminal's.
+        write_record: write ``summary.json`` into the run's folder.
     """
 
     def __init__(
@@ -212,10 +279,12 @@ class FitSummary(Callback):
         export: InverseTransferExport | None = None,
         baselines: SegmentationBaselines | None = None,
         console_width: int | None = None,
+        write_record: bool = True,
     ) -> None:
         self.export = export
         self.baselines = baselines
         self.console_width = console_width
+        self.write_record = write_record
         #: Rows of the last summary printed.
         self.rows: list[Row] = []
         #: Score rows of the last summary printed.
@@ -238,10 +307,9 @@ class FitSummary(Callback):
             # Stop the live bar first (its own teardown may come later and does nothing
             # then), or it is redrawn below the table.
             bar.teardown(trainer, pl_module, stage)
-        console = Console(width=self.console_width)
-        console.print(fit_summary_table(trainer, pl_module, export))
-        if self.scores:
-            console.print(score_table(self.scores))
+        print_summary(Console(width=self.console_width), self.rows, self.scores)
+        if self.write_record:
+            write_record(run_directory(trainer), self.rows, self.scores)
         self._update_wandb_summary(trainer, pl_module, export)
 
     @staticmethod

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from dense_lightning.errors import ConfigurationError
-from dense_lightning.models import apply_dense_state, make_dense
+from dense_lightning.models import apply_dense_state, dense_state, make_dense
 
 __all__ = ["checkpoint_hparams", "run_time_structure"]
 
@@ -70,10 +70,17 @@ def run_time_structure(
             "dense_lightning.models.make_dense(Task.load_from_checkpoint(path).model, stride) "
             "converts them)."
         )
-    rank_zero_info(
-        f"Checkpoint trained at output_stride={saved_stride}; running {fn.value} at "
-        f"output_stride={wanted} (same weights, exactly the same network)."
+    converted = (
+        apply_dense_state(network, None)
+        if wanted is None
+        else make_dense(network, wanted, strict=strict)
     )
-    if wanted is None:
-        return apply_dense_state(network, None), None
-    return make_dense(network, wanted, strict=strict), wanted
+    native = (saved or dense_state(converted) or {}).get("original_stride")
+    strides = {None: f"the original stride {native}"}  # an exported checkpoint, or a run at it
+    saved_text = strides.get(saved_stride, f"output_stride={saved_stride}")
+    rank_zero_info(
+        f"Checkpoint {'trained' if saved else 'saved'} at {saved_text}; running {fn.value} at "
+        f"{strides.get(wanted, f'output_stride={wanted}')} (same weights, exactly the same "
+        "network)."
+    )
+    return converted, wanted

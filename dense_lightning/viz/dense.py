@@ -2,9 +2,10 @@
 
 Both networks' maps are painted on the image's pixel grid through one
 :class:`~dense_lightning.equivalent.cells.CellGeometry` (cell ``j`` at pixel ``o + s * j``,
-every pixel showing its nearest cell), on one colour scale. Dense cell ``k * i`` and original
-cell ``i`` sit on the same pixel and hold the same value, so each original cell, a large
-block, has the colour of the small dense cell at its centre; those dense cells are outlined.
+every pixel showing its nearest cell, each cell whole: see :mod:`dense_lightning.viz.cells`),
+on one colour scale. Dense cell ``k * i`` and original cell ``i`` sit on the same pixel and
+hold the same value, so each original cell, a large block, has the colour of the small dense
+cell at its centre; those dense cells are outlined. The colour bar says what the colours are.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from dense_lightning.equivalent import get_dense_info, max_errors, to_original
 from dense_lightning.equivalent.cells import CellGeometry, eval_mode, trace_cell_geometry
+from dense_lightning.viz.cells import Margins, cell_margins, cells_on_canvas, on_canvas, paint_cells
 from dense_lightning.viz.colors import class_colors, heat_colormap, to_uint8_image
 from dense_lightning.viz.context import VizContext, class_entries
 from dense_lightning.viz.draw import (
@@ -26,10 +28,11 @@ from dense_lightning.viz.draw import (
     footer,
     label_edges,
     tile,
+    title_lines,
     titled,
     upscale,
 )
-from dense_lightning.viz.guides import colorbar, legend
+from dense_lightning.viz.guides import PANEL_BACKGROUND, colorbar, legend
 
 __all__ = [
     "DenseComparison",
@@ -56,6 +59,9 @@ class DenseComparison:
             up, e.g. for an approximate conversion).
         geometry: where the dense cells sit (the original's: same offset, stride ``factor``
             times larger).
+        margins: image pixels added around each panel, ``((top, bottom), (left, right))``,
+            so that every cell is drawn whole (see :mod:`dense_lightning.viz.cells`).
+        colours: what the colours show, as the legend or colour bar heads it.
     """
 
     image: Tensor
@@ -63,6 +69,8 @@ class DenseComparison:
     max_abs_error: float
     max_rel_error: float
     geometry: CellGeometry
+    margins: Margins = ((0, 0), (0, 0))
+    colours: str = ""
 
 
 def output_geometry(network: nn.Module, method: str = "forward") -> CellGeometry:
@@ -93,39 +101,23 @@ def output_geometry(network: nn.Module, method: str = "forward") -> CellGeometry
     return geometry if stride is None else geometry.with_stride(stride)
 
 
-def paint_cells(colors: Tensor, geometry: CellGeometry, size: Sequence[int]) -> Tensor:
-    """Paint a map of cell colours ``uint8 [3, h, w]`` on ``size`` ``(H, W)`` image pixels.
-
-    Every pixel takes the colour of its nearest cell (cells outside the map clamp to its
-    border): nearest-neighbour upsampling that puts cell ``j`` at ``geometry.pixel(j)``.
-    """
-    rows, cols = _nearest_cells(geometry, colors.shape[-2:], size)
-    return colors[:, rows][:, :, cols]
-
-
-def _nearest_cells(
-    geometry: CellGeometry, cells: Sequence[int], size: Sequence[int]
-) -> tuple[Tensor, Tensor]:
-    """Per axis, the index of the cell nearest to each pixel."""
-    nearest = []
-    for axis in (0, 1):
-        pixels = torch.arange(int(size[axis]), dtype=torch.float64)
-        index = torch.floor(geometry.cell(pixels, axis) + 0.5).long()
-        nearest.append(index.clamp(0, int(cells[axis]) - 1))
-    return nearest[0], nearest[1]
-
-
 def _outline_cells(
-    panel: Tensor, geometry: CellGeometry, cells: Sequence[int], factor: int, every: int
+    panel: Tensor,
+    geometry: CellGeometry,
+    cells: Sequence[int],
+    size: Sequence[int],
+    margins: Margins,
+    factor: int,
+    every: int,
 ) -> Tensor:
     """Outline, on a panel enlarged ``factor`` times, the cells whose indices ``every`` divides."""
     if min(geometry.stride) * factor < _MIN_OUTLINED_CELL:
         return panel
-    size = (panel.shape[-2] // factor, panel.shape[-1] // factor)
-    rows, cols = _nearest_cells(geometry, cells, size)
+    rows, cols = cells_on_canvas(geometry, cells, size, margins)
     rows, cols = rows.repeat_interleave(factor), cols.repeat_interleave(factor)
-    region = rows[:, None] * (int(cells[1]) + 1) + cols[None, :]
+    region = (rows[:, None] + 1) * (int(cells[1]) + 2) + (cols[None, :] + 1)
     chosen = (rows[:, None] % every == 0) & (cols[None, :] % every == 0)
+    chosen &= (rows[:, None] >= 0) & (cols[None, :] >= 0)
     return torch.where(chosen & label_edges(region), _contrasting(panel), panel)
 
 
@@ -167,6 +159,19 @@ def _heat(output: Any, shown: Tensor) -> Tensor:
     if isinstance(output, list | tuple):
         return shown.float().abs().mean(dim=1)
     return shown.float().sigmoid().amax(dim=1)
+
+
+def _heat_label(output: Any, shown: Tensor) -> str:
+    """What the heat scale measures (see :func:`_heat`), as the colour bar's heading."""
+    if isinstance(output, list | tuple):
+        return "feature energy:\nmean |value|\nover channels"
+    name = "score"
+    if isinstance(output, Mapping):
+        key = next(k for k, v in output.items() if v is shown)
+        name = f"{key.replace('_', ' ')} score"
+    if shown.shape[1] > 1:
+        return f"{name}:\nsigmoid, best of\n{shown.shape[1]} channels"
+    return f"{name}:\nsigmoid"
 
 
 def _flat(output: Any) -> list[Tensor]:
@@ -233,10 +238,12 @@ def render_dense_vs_original(
     coarse = geometry.with_stride(tuple(s * k for s in geometry.stride))
     max_abs, max_rel = _errors(original_out, dense_out, k)
     maps = (_shown(original_out), _shown(dense_out))
-    colored, guide = _colour(original_out, maps, ctx)
+    colored, guide, colours = _colour(original_out, maps, ctx)
     pictures = to_uint8_image(images)
     size = tuple(pictures.shape[-2:])
     factor = display_factor(size, ctx.min_size)
+    shown = ((coarse, maps[0].shape[-2:], 1), (geometry, maps[1].shape[-2:], k))
+    margins = cell_margins([(geom, cells) for geom, cells, _ in shown], size)
     titles = (
         "input",
         f"original, stride {info.original_stride}",
@@ -244,11 +251,12 @@ def render_dense_vs_original(
     )
     rows = []
     for i in range(len(images)):
-        panels = [upscale(pictures[i], factor)]
-        for geom, cells, every in ((coarse, maps[0], 1), (geometry, maps[1], k)):
-            panel = upscale(paint_cells(colored[len(panels) - 1][i], geom, size), factor)
-            panels.append(_outline_cells(panel, geom, cells.shape[-2:], factor, every))
-        rows.append([titled(p, t) for p, t in zip(panels, titles, strict=True)])
+        panels = [upscale(on_canvas(pictures[i], margins, PANEL_BACKGROUND), factor)]
+        for (geom, cells, every), colors in zip(shown, colored, strict=True):
+            panel = upscale(paint_cells(colors[i], geom, size, margins), factor)
+            panels.append(_outline_cells(panel, geom, cells, size, margins, factor, every))
+        lines = title_lines(titles, int(panels[0].shape[-1]))
+        rows.append([titled(p, t, lines=lines) for p, t in zip(panels, titles, strict=True)])
     grid = tile(rows)
     picture = tile([[grid, guide(int(grid.shape[-2]))]], gap=0)
     note = (
@@ -257,7 +265,9 @@ def render_dense_vs_original(
         if not math.isnan(max_rel)
         else f"Outlined: dense cells {k}i. The maps' shapes differ (approximate conversion)."
     )
-    return DenseComparison(footer(picture, note), k, max_abs, max_rel, geometry)
+    return DenseComparison(
+        footer(picture, note), k, max_abs, max_rel, geometry, margins, " ".join(colours.split())
+    )
 
 
 def _number(value: float) -> str:
@@ -267,18 +277,22 @@ def _number(value: float) -> str:
 
 def _colour(
     output: Any, maps: tuple[Tensor, Tensor], ctx: VizContext
-) -> tuple[list[Tensor], Callable[[int], Tensor]]:
-    """Both maps in colours on one scale, ``[B, 3, h, w]`` each, and their guide's maker."""
+) -> tuple[list[Tensor], Callable[[int], Tensor], str]:
+    """Both maps in colours on one scale, their guide's maker, and what the colours show.
+
+    The colours are ``uint8 [B, 3, h, w]`` per map.
+    """
     if _is_class_logits(output, maps[0]):
         num_classes = int(maps[0].shape[1])
         colors = class_colors(num_classes, ctx.background)
         colored = [colors[m.argmax(dim=1).cpu()].permute(0, 3, 1, 2) for m in maps]
         entries = class_entries(num_classes, ctx, ctx.background, background_shown=True)
-        return colored, lambda height: legend(entries, height, title="classes")
+        guide = lambda height: legend(entries, height, title="classes")  # noqa: E731
+        return colored, guide, "class of the highest logit"
     heat = [_heat(output, m) for m in maps]
     # The range of both maps: the whole colour scale shows their differences cell to cell.
     vmin = min(float(h.min()) for h in heat)
     vmax = max(max(float(h.max()) for h in heat), vmin + 1e-6)
-    label = "feature energy" if isinstance(output, list | tuple) else "score"
+    label = _heat_label(output, maps[0])
     colored = [torch.stack([heat_colormap(x, vmin, vmax) for x in h]) for h in heat]
-    return colored, lambda height: colorbar(vmin, vmax, height, label=label)
+    return colored, lambda height: colorbar(vmin, vmax, height, label=label), label

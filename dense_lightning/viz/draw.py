@@ -19,7 +19,6 @@ from dense_lightning.viz.colors import class_colors
 from dense_lightning.viz.guides import PANEL_BACKGROUND
 from dense_lightning.viz.text import (
     Font,
-    fit_text,
     font,
     from_pil,
     text_size,
@@ -38,6 +37,7 @@ __all__ = [
     "resize_nearest",
     "tile",
     "title_height",
+    "title_lines",
     "titled",
     "to_hwc",
     "upscale",
@@ -170,16 +170,33 @@ def resize_nearest(image: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(image[None].float(), size=size, mode="nearest")[0].to(torch.uint8)
 
 
-def titled(image: Tensor, title: str, face: Font | None = None) -> Tensor:
-    """Put a one-line ``title`` in a light strip above ``image`` (shortened to its width)."""
+def titled(image: Tensor, title: str, face: Font | None = None, lines: int = 1) -> Tensor:
+    """Put ``title`` in a light strip above ``image``, wrapped to its width at spaces.
+
+    Args:
+        image: the panel.
+        title: its title; words go on as many lines as they need (a single word wider than
+            the panel is shortened).
+        face: the font.
+        lines: the least number of lines of the strip, so that panels side by side whose
+            titles wrap differently keep their images level (see :func:`title_lines`).
+    """
     face = face or font()
     width = int(image.shape[-1])
-    height = title_height(face)
+    wrapped = wrap_text(title, width - 2, face)
+    line_height = text_size("Ag", face)[1]
+    height = title_height(face, max(lines, len(wrapped)))
     strip = Image.new("RGB", (width, height), (PANEL_BACKGROUND,) * 3)
-    # A shortened title is better than a picture wider than its panel.
-    text = fit_text(title, width - 2, face)
-    ImageDraw.Draw(strip).text((1, 1), text, fill=(0, 0, 0), font=face)
+    draw = ImageDraw.Draw(strip)
+    for row, text in enumerate(wrapped):
+        draw.text((1, 1 + row * line_height), text, fill=(0, 0, 0), font=face)
     return torch.cat([from_pil(strip), image.cpu()], dim=-2)
+
+
+def title_lines(titles: Sequence[str], width: int, face: Font | None = None) -> int:
+    """Lines the longest of ``titles`` takes above a panel ``width`` pixels wide."""
+    face = face or font()
+    return max((len(wrap_text(t, width - 2, face)) for t in titles), default=1)
 
 
 def footer(image: Tensor, text: str, face: Font | None = None) -> Tensor:
@@ -195,9 +212,9 @@ def footer(image: Tensor, text: str, face: Font | None = None) -> Tensor:
     return torch.cat([image.cpu(), from_pil(strip)], dim=-2)
 
 
-def title_height(face: Font | None = None) -> int:
-    """Height in pixels of the strip :func:`titled` adds."""
-    return text_size("Ag", face or font())[1] + 2
+def title_height(face: Font | None = None, lines: int = 1) -> int:
+    """Height in pixels of the strip :func:`titled` adds for ``lines`` lines of title."""
+    return text_size("Ag", face or font())[1] * lines + 2
 
 
 def tile(rows: Sequence[Sequence[Tensor]], gap: int = 2) -> Tensor:

@@ -1,8 +1,8 @@
 """Example pictures for the documentation, made from briefly trained models on synthetic shapes.
 
 ``python -m dense_lightning.viz.examples docs/images`` trains a segmentation and a detection
-model (ResNet-10t at output stride 8, 150 steps on 96-pixel images; half an hour on two busy
-CPU cores) and writes:
+model (ResNet-10t at output stride 8, 150 steps on 96-pixel images, drawn twice as large;
+half an hour on two busy CPU cores) and writes:
 
 - ``segmentation.png``: ground truth and prediction of two validation images, with a legend;
 - ``detection.png``: ground-truth and predicted boxes with captions, with a legend;
@@ -63,7 +63,7 @@ def make_examples(
     backbone: str = "resnet10t",
     images: int = 2,
     seed: int = 0,
-    display_size: int = 96,
+    display_size: int = 192,
 ) -> list[Path]:
     """Train the two models and write :data:`EXAMPLE_FILES` into ``out_dir``.
 
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps per model")
     parser.add_argument("--image-size", type=int, default=96, help="side of the images")
     parser.add_argument(
-        "--display-size", type=int, default=96, help="images are enlarged to this side"
+        "--display-size", type=int, default=192, help="images are enlarged to this side"
     )
     parser.add_argument("--backbone", default="resnet10t", help="timm backbone")
     parser.add_argument("--seed", type=int, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -95,7 +96,7 @@ def colorbar(
         vmin: value at the bottom.
         vmax: value at the top.
         height: panel height in pixels (more when that is too short for the bar).
-        label: a heading above the bar (what the colours measure).
+        label: a heading above the bar (what the colours measure), one line per line of it.
         colormap: ``(values [H, W], vmin, vmax) -> uint8 [3, H, W]``, as the picture uses.
         ticks: number of labelled values, ends included (at least 2; fewer when they would
             not fit).
@@ -111,21 +112,22 @@ def colorbar(
         raise ValueError(f"colorbar needs vmax > vmin and ticks >= 2; got {vmin}, {vmax}, {ticks}")
     face = face or font()
     text_h = text_size("0", face)[1]
-    top = _GAP + (text_h + _GAP if label else 0) + text_h // 2
+    heading = label.splitlines() if label else []
+    top = _GAP + (text_h * len(heading) + _GAP if heading else 0) + text_h // 2
     # A short picture gets a taller bar than itself rather than a bar too short to read, and
     # as many ticks as fit without their labels touching.
     bar_h = max(height - top - text_h // 2 - _GAP, 2 * text_h)
     height = top + bar_h + text_h // 2 + _GAP
     ticks = min(ticks, 1 + bar_h // text_h)
     values = [vmin + (vmax - vmin) * i / (ticks - 1) for i in range(ticks)]
-    tick_texts = [_tick(v, vmax - vmin) for v in values]
+    tick_texts = [_tick(v, vmax - vmin, ticks) for v in values]
     width = _GAP + _BAR_WIDTH + 3 + _GAP + max(text_size(t, face)[0] for t in tick_texts) + _GAP
-    if label:
-        width = max(width, text_size(label, face)[0] + 2 * _GAP)
+    if heading:
+        width = max(width, *(text_size(line, face)[0] + 2 * _GAP for line in heading))
     canvas = Image.new("RGB", (width, height), (PANEL_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(canvas)
-    if label:
-        draw.text((_GAP, _GAP), label, fill=_INK, font=face)
+    for row, line in enumerate(heading):
+        draw.text((_GAP, _GAP + row * text_h), line, fill=_INK, font=face)
     column = torch.linspace(vmax, vmin, bar_h).view(bar_h, 1).expand(bar_h, _BAR_WIDTH)
     bar = colormap(column, vmin, vmax)
     canvas.paste(Image.fromarray(bar.permute(1, 2, 0).numpy()), (_GAP, top))
@@ -137,10 +139,10 @@ def colorbar(
     return from_pil(canvas)
 
 
-def _tick(value: float, span: float) -> str:
-    """A tick label with as many decimals as the bar's span needs."""
+def _tick(value: float, span: float, ticks: int = 5) -> str:
+    """A tick label with as many decimals as the step between ``ticks`` ticks needs."""
     if span >= 10:
         return f"{value:.0f}"
-    if span >= 0.1:
-        return f"{value:.2f}"
-    return f"{value:.2g}"
+    step = span / max(ticks - 1, 1)
+    # The fewest decimals (two at least) that tell neighbouring ticks apart.
+    return f"{value:.{max(2, math.ceil(-math.log10(step)))}f}"

@@ -27,6 +27,7 @@ from dense_lightning.viz.draw import (
     mute,
     overlay_mask,
     tile,
+    title_lines,
     titled,
     upscale,
 )
@@ -179,15 +180,17 @@ def render_predictions(
     has_target = targets is not None and any(k in targets for k in ("mask", "boxes", "keypoints"))
     scored = any(not isinstance(p, Tensor) for p in predictions)
     title = f"prediction, score >= {ctx.score_threshold:.2f}" if scored else "prediction"
+    # Titles wrap rather than being cut; a row's panels share the height of the longest.
+    lines = title_lines(["input", "target", title], int(pictures.shape[-1]) * factor)
     rows = []
     for i, prediction in enumerate(predictions):
         picture = upscale(pictures[i], factor)
         image = mute(picture, ctx.mute)
-        row = [titled(picture, "input")]
+        row = [titled(picture, "input", lines=lines)]
         if has_target:
-            row.append(titled(draw_target(image, targets, i, ctx), "target"))
+            row.append(titled(draw_target(image, targets, i, ctx), "target", lines=lines))
         drawn = draw_prediction(image, _scale_prediction(prediction, factor), ctx)
-        row.append(titled(drawn, title))
+        row.append(titled(drawn, title, lines=lines))
         rows.append(row)
     grid = tile(rows)
     entries = prediction_legend(predictions, batch, ctx)
