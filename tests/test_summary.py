@@ -87,6 +87,18 @@ def test_rows_from_checkpoint_and_export_summaries():
     approximate = {**EXPORT, "approximate": True, "equivalence": {"max_rel_error": 4e-4}}
     rows = dict(fit_summary_rows(trainer, SimpleNamespace(), approximate))
     assert rows["equivalence"] == "approximate (strict=False), max relative error 4.0e-04"
+    assert "exported trained" not in rows  # not recorded: a module without the lattice term
+
+
+def test_the_summary_says_how_the_export_was_trained():
+    trainer = SimpleNamespace(
+        checkpoint_callback=None, checkpoint_callbacks=[], callback_metrics={}
+    )
+    rows = dict(fit_summary_rows(trainer, SimpleNamespace(), {**EXPORT, "lattice_loss_weight": 1}))
+    assert rows["exported trained"].startswith("with its own loss in every dense step")
+    assert "lattice_loss_weight=1" in rows["exported trained"]
+    rows = dict(fit_summary_rows(trainer, SimpleNamespace(), {**EXPORT, "lattice_loss_weight": 0}))
+    assert rows["exported trained"].startswith("without its own loss (lattice_loss_weight=0)")
 
 
 def test_score_rows_go_from_floor_to_ceiling_with_costs():
@@ -131,6 +143,7 @@ def test_fit_prints_the_table_after_the_export(tmp_path, seg_task, seg_data, cap
     assert rows["best checkpoint"].endswith(".ckpt") and rows["best checkpoint"] in out
     assert rows["exported weights"].startswith("best: the best val_miou checkpoint")
     assert rows["equivalence"].startswith("equivalent, max relative error")
+    assert rows["exported trained"].startswith("with its own loss in every dense step")
     assert rows["val_miou"].startswith("dense ") and "| exported " in rows["val_miou"]
     assert str(tmp_path / "exports") in out
     titles = [title for title, _, _ in summary.scores]

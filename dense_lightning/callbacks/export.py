@@ -74,6 +74,18 @@ def validation_loader(trainer: Trainer) -> Iterable[Any] | None:
     return loaders[0] if isinstance(loaders, list | tuple) and loaders else loaders
 
 
+def _lattice_weight(pl_module: LightningModule, state: Mapping[str, Any] | None) -> float | None:
+    """The weight of the exported network's own loss in dense training, when there was one.
+
+    ``None`` when the module has no such hyperparameter (any LightningModule) or trained at
+    its native stride (the exported network is the trained one).
+    """
+    weight = getattr(pl_module, "hparams", {}).get("lattice_loss_weight")
+    if weight is None or state is None or state["original_stride"] == state["output_stride"]:
+        return None
+    return float(weight)
+
+
 def _load_weights(network: nn.Module, state_dict: Mapping[str, Tensor], prefix: str) -> nn.Module:
     """A copy of ``network`` with the weights under ``prefix`` in a module's state dict."""
     weights = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -294,6 +306,7 @@ class InverseTransferExport(Callback):
             "metrics": self._metrics(trainer, pl_module, dense, original),
             "cost": self._cost(dense, original, images),
             "dense": state,
+            "lattice_loss_weight": _lattice_weight(pl_module, state),
             "equivalence": report.to_dict(),
             **details,
         }

@@ -73,6 +73,16 @@ def _last_checkpoint(trainer: Trainer) -> str:
     return ""
 
 
+def _training_note(weight: float) -> str:
+    """How dense training supervised the exported network (the lattice term's weight)."""
+    if weight == 0:
+        return "without its own loss (lattice_loss_weight=0): every dense phase supervised alike"
+    return (
+        f"with its own loss in every dense step (lattice_loss_weight={weight:g}: the dense "
+        "map's lattice, upsampled or decoded at the original stride)"
+    )
+
+
 def _export_rows(summary: Mapping[str, Any]) -> list[Row]:
     rows: list[Row] = []
     dense = summary.get("dense") or {}
@@ -88,6 +98,9 @@ def _export_rows(summary: Mapping[str, Any]) -> list[Row]:
                     f"{factor * factor}x fewer positions",
                 )
             )
+    weight = summary.get("lattice_loss_weight")
+    if weight is not None:
+        rows.append(("exported trained", _training_note(float(weight))))
     weights = summary.get("weights") or {}
     if weights:
         source = Path(weights["checkpoint"]).name if weights.get("checkpoint") else "end of fit"
