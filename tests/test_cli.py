@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 SMALL = [
     "--data.init_args.num_train", "8", "--data.init_args.num_val", "4",
-    "--data.init_args.batch_size", "4", "--model.init_args.backbone", "test_resnet",
+    "--data.init_args.batch_size", "4", "--data.init_args.image_size", "64",
+    "--model.init_args.backbone", "test_resnet",
     "--model.init_args.head_channels", "16", "--model.init_args.warmup_steps", "0",
     "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
@@ -193,14 +194,14 @@ def test_resume_continues_dense(run_cli, quickstart, tmp_path, capsys):
         )  # fmt: skip
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "--model.init_args.output_stride 8" in errors[0]
+    assert len(errors) == 1 and "--model.init_args.output_stride 16" in errors[0]
     second = run_cli(
         "fit", "--config", quickstart, *SMALL, "--trainer.max_epochs", "2", "--ckpt_path", last
     )
-    assert second.model.model.dense_info.output_stride == 8
+    assert second.model.model.dense_info.output_stride == 16
     assert second.trainer.global_step == 4 and second.trainer.current_epoch == 2
     validate = run_cli("validate", "--config", quickstart, *SMALL, "--ckpt_path", last)
-    assert validate.model.model.dense_info.output_stride == 8
+    assert validate.model.model.dense_info.output_stride == 16
 
 
 def test_rerun_in_the_same_directory_and_one_cpu_ddp(run_cli, quickstart, tmp_path):

@@ -197,7 +197,7 @@ def test_resuming_at_another_stride_leaves_nothing_behind(run_copy):
         run_copy, "fit", "-c", QUICKSTART, *SMALL, "--trainer.max_epochs", "3",
         "--model.init_args.output_stride", "null", "--ckpt_path", last,
     )  # fmt: skip
-    assert "--model.init_args.output_stride 8" in _one_error(result)
+    assert "--model.init_args.output_stride 16" in _one_error(result)
     assert _left_behind(run_copy) == before
 
 
@@ -215,7 +215,7 @@ def test_evaluating_a_checkpoint_continues_its_run_folder(run_copy):
     tested = _command(run_copy, "test", "-c", QUICKSTART, *SMALL, "--ckpt_path", exported)
     assert tested.returncode == 0, tested.stderr[-3000:]
     out = tested.stdout + tested.stderr
-    assert "Checkpoint saved at the original stride 32; running test at output_stride=8" in out
+    assert "Checkpoint saved at the original stride 32; running test at output_stride=16" in out
     assert "None" not in next(line for line in out.splitlines() if "original stride" in line)
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
 

@@ -9,14 +9,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dense_lightning.callbacks import FitSummary, InverseTransferExport, SegmentationBaselines
-from dense_lightning.callbacks.summary_record import (
-    BEGIN,
-    END,
-    main,
-    read_record,
-    readme_block,
-    replace_block,
-)
+from dense_lightning.callbacks.readme_demo import BEGIN, END, main, readme_block, replace_block
+from dense_lightning.callbacks.summary_record import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -30,13 +24,13 @@ def test_the_readme_keeps_its_demo_block_between_markers():
         replace_block("no markers here", "x")
 
 
-@pytest.mark.skipif(
-    not RECORD.is_file(),
-    reason="no demo record yet: `make demo`, then "
-    "`python -m dense_lightning.callbacks.summary_record lightning_logs/version_<N>`",
-)
 def test_the_readme_demo_block_is_the_demo_record():
+    # The record is the demo run's summary.json, copied by the readme_demo command.
+    assert RECORD.is_file(), "make demo, then python -m dense_lightning.callbacks.readme_demo <run>"
     text = README.read_text()
+    rows = dict(read_record(RECORD)["rows"])
+    assert "lattice_loss_weight" in rows["exported trained"]  # how the export was trained
+    assert f"exported trained │ {rows['exported trained']}" in text
     assert replace_block(text, readme_block(read_record(RECORD))) == text
 
 
@@ -58,6 +52,7 @@ def test_a_fit_writes_the_record_that_the_block_is_made_from(tmp_path, seg_task,
     block = readme_block(record)
     rows = dict(summary.rows)
     assert f"exported weights │ {rows['exported weights']}" in block
+    assert f"exported trained │ {rows['exported trained']}" in block
     for title, values, cost in summary.scores:
         line = next(line for line in block.splitlines() if line.startswith(f" {title}"))
         assert all(f"{v:.4f}" in line and f"{v:.4f}" in printed for v in values.values())

@@ -143,7 +143,7 @@ def test_fit_logs_metrics_pictures_and_artifacts_offline(run_cli, wandb_dirs):
     # Pictures: in the history, with captions, and as PNG files.
     assert {"val/predictions/filenames", "val/dense_vs_original/filenames"} <= run["history"]
     caption = run["summary"]["val/dense_vs_original/captions"][0]
-    assert caption.startswith("epoch 0: original stride 32 vs dense stride 8")
+    assert caption.startswith("epoch 0: original stride 32 vs dense stride 16")
     pictures = sorted(p.name for p in (run_dir / "files/media/images/val").glob("*.png"))
     assert [name.rsplit("_", 2)[0] for name in pictures] == ["dense_vs_original", "predictions"]
     # Artifacts: the exported weights and the equivalence report.
@@ -151,7 +151,7 @@ def test_fit_logs_metrics_pictures_and_artifacts_offline(run_cli, wandb_dirs):
     name, files, meta = artifacts["model"]
     assert name == f"exported-model-{run_id}"
     assert files == ["backbone_test_resnet.pth", "model_original.ckpt"]
-    assert meta["equivalent"] is True and meta["dense"]["output_stride"] == 8
+    assert meta["equivalent"] is True and meta["dense"]["output_stride"] == 16
     assert "exported_val_miou" in meta["metrics"]
     name, files, meta = artifacts["equivalence-report"]
     assert (name, files) == (f"equivalence-{run_id}", ["equivalence.json"])

@@ -278,7 +278,7 @@ class FitSummary(Callback):
     The ``dense-lightning`` command links the run's ``InverseTransferExport`` and
     ``SegmentationBaselines`` callbacks to its summary; in your own code, pass them. The
     summary is also written to ``summary.json`` in the run's folder (see
-    :mod:`~dense_lightning.callbacks.summary_record`: the README's demo block comes from one).
+    :mod:`~dense_lightning.callbacks.readme_demo`: the README's demo block comes from one).
 
     Args:
         export: the export callback whose :attr:`~InverseTransferExport.summary` is shown.
