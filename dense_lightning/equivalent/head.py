@@ -5,8 +5,10 @@ pool before a flattening MLP) and applies a head to the pooled vector (dropout, 
 a 1x1 ``conv_head`` on the 1x1 map, a norm). On a dense map of lattice step ``S`` the pool
 would average ``S*S`` interleaved copies of the original map. Run per phase instead, it is
 exact: the pool's input is split into its phases (:func:`~.phase.space_to_batch`), the pool and
-everything after it run on ``S*S`` times the batch, and the model's output is folded back to
-``[B, ..., S_h, S_w]``, phase ``(i, j)`` last.
+everything after it run on ``S*S`` times the batch, and the output of the module that returns
+the model's output (the classifier layer, or a head module around it) is folded back to
+``[B, ..., S_h, S_w]``, phase ``(i, j)`` last. Calling the model, or its ``forward_head`` on
+dense features, gives the folded phases.
 
 Phase ``(i, j)`` is the original classifier applied to the view whose deepest map starts on cell
 ``(i, j)`` of the dense map: the image shifted by ``(i, j) * output_stride`` pixels, with the
