@@ -232,7 +232,9 @@ class ImageCSVRegressionDataModule(BaseDataModule):
         self.root = root
         self.image_size = image_size
         self.splits = split_names(train_split, val_split, test_split, predict_split)
-        expected = {f"{name}.csv": f"{split} CSV file" for split, name in self.splits.items()}
+        expected: dict[str, str] = {}
+        for split, name in self.splits.items():  # a file shared by splits: its first role
+            expected.setdefault(f"{name}.csv", f"{split} CSV file")
         missing_layout(Path(root), expected, "an image CSV folder (<split>.csv: file,value)")
         files = [Path(root) / f"{name}.csv" for name in self.splits.values()]
         # One decoding pass per machine: a multi-GPU launch's processes read the same files.

@@ -258,7 +258,9 @@ class ImageFolderClassificationDataModule(BaseDataModule):
         self.image_size = image_size
         self.extensions = tuple(extensions)
         self.splits = split_names(train_split, val_split, test_split, predict_split)
-        expected = {f"{name}/": f"{split} split folder" for split, name in self.splits.items()}
+        expected: dict[str, str] = {}
+        for split, name in self.splits.items():  # a folder shared by splits: its first role
+            expected.setdefault(f"{name}/", f"{split} split folder")
         missing_layout(Path(root), expected, _LAYOUT)
         # One decoding pass per machine: a multi-GPU launch's processes read the same files.
         classes, problems = check_class_folders(
