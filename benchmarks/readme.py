@@ -134,6 +134,35 @@ def centernet_section(payload: dict[str, Any], link: str) -> list[str]:
     return [*lines, ""]
 
 
+def image_section(payload: dict[str, Any], link: str) -> list[str]:
+    """Per start: the arms' accuracy and the verdict of every claim."""
+    from benchmarks._image_report import CLAIMS, LABELS
+
+    s = payload["settings"]
+    lines = [
+        f"**Accuracy, image classification** ([{link}.md](results/{link}.md); {_when(payload)}; "
+        f"{s['image_size']} px, output stride {s['output_stride']} (k x k = {s['k'] ** 2} "
+        f"phases), {payload['finished']} of {payload['planned']} runs"
+        + ("" if payload.get("complete") else ", **incomplete run**") + "):",
+        "",
+    ]  # fmt: skip
+    for start in payload["starts"].values():
+        if "summary" not in start:
+            lines.append(f"- {start['title']}: no seed finished")
+            continue
+        arms, seeds = start["summary"]["arms"], len(start["summary"]["seeds"])
+        names = ", ".join(f"{LABELS[a].split(' ')[0]} {v['mean']:.3f}" for a, v in arms.items())
+        lines.append(f"- {start['title']} (`{start['backbone']}`, {seeds} seeds): {names}")
+        for key, claim in CLAIMS.items():
+            c = start["summary"]["comparisons"][key]
+            lo, hi = c["ci_images"]
+            lines.append(
+                f"  - {claim}: {c['verdict']} (Δ accuracy {c['diff']:+.3f}, 95% CI "
+                f"[{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{seeds})"
+            )
+    return [*lines, ""]
+
+
 def overhead_section(payload: dict[str, Any], link: str) -> list[str]:
     """Lightning overhead per configuration."""
     lines = [f"**Training overhead** ([{link}.md](results/{link}.md); {_when(payload)}):", ""]
@@ -157,6 +186,8 @@ def render(results: Path) -> str:
         ("accuracy_segmentation_gpu", accuracy_section, ()),
         ("accuracy_detection", centernet_section, ()),
         ("accuracy_keypoints", centernet_section, ()),
+        ("accuracy_image", image_section, ()),
+        ("accuracy_image_gpu", image_section, ()),
         ("overhead", overhead_section, ()),
     )
     for stem, section, extra in sources:

@@ -1,0 +1,183 @@
+"""Statistics and the Markdown report of the image-level benchmark (``benchmarks.accuracy_image``).
+
+Every arm is scored per test image (1 when its class is right, 0 when not), so a metric is a
+mean over images and a bootstrap replicate is the same mean with the images resampled; every
+arm of a seed is resampled with the same images (paired).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from torch import Tensor
+
+from benchmarks import _common as C
+from benchmarks._accuracy_stats import interval_verdict, paired_intervals
+
+ARMS = ("base", "base_tta", "dense_p0", "dense_mean", "exported")
+LABELS = {
+    "base": "(a) baseline, original stride",
+    "base_tta": "(a-tta) (a) on k x k shifted inputs, averaged",
+    "dense_p0": "(b) dense, phase 0",
+    "dense_mean": "(b-mean) dense, mean over the k x k phases",
+    "exported": "(c) (b) exported to the original stride",
+}
+# first - second of the accuracy; a claim holds when the interval over images lies above 0.
+CLAIMS = {
+    "exported-base": "(c) beats (a) at (a)'s test cost",
+    "dense_mean-base": "(b-mean) beats (a)",
+    "dense_mean-base_tta": "(b-mean) beats (a-tta), the k x k-pass ensemble",
+    "base_tta-base": "(a-tta) beats (a): the shifted-input ensemble alone",
+}
+VERDICTS = {"holds": "**holds**", "reversed": "**reversed**",
+            "inconclusive": "inconclusive (interval includes 0)"}  # fmt: skip
+# The network whose cost an arm pays at test time.
+COST_OF = {"base": "base", "base_tta": "base_tta", "dense_p0": "dense", "dense_mean": "dense",
+           "exported": "base"}  # fmt: skip
+
+
+def replicates(correct: Tensor, weights: Tensor) -> Tensor:
+    """Accuracy of every bootstrap replicate: ``weights[r, i]`` copies of image ``i``."""
+    return (weights @ correct.double()) / weights.sum(1)
+
+
+def summarise(runs: list[dict[str, Any]], reps: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
+    """Per arm: accuracy per seed and mean; per claim: paired intervals and verdict.
+
+    Args:
+        runs: the runs of one start (each with ``seed`` and ``accuracy`` per arm).
+        reps: per seed, each arm's ``[replicates]`` bootstrap accuracies.
+    """
+    runs = sorted(runs, key=lambda r: r["seed"])
+    arms = {
+        arm: {"per_seed": (v := [r["accuracy"][arm] for r in runs]), "mean": statistics.mean(v)}
+        for arm in ARMS
+    }
+    comparisons = {}
+    for key in CLAIMS:
+        first, second = key.split("-")
+        result = paired_intervals(
+            [reps[r["seed"]][first] for r in runs],
+            [reps[r["seed"]][second] for r in runs],
+            arms[first]["per_seed"],
+            arms[second]["per_seed"],
+        )
+        result["verdict"] = interval_verdict(result["ci_images"])
+        result["seeds_won"] = sum(d > 0 for d in result["per_seed"])
+        comparisons[key] = result
+    return {"seeds": [r["seed"] for r in runs], "arms": arms, "comparisons": comparisons}
+
+
+def _ci(values: list[float]) -> str:
+    return f"[{values[0]:+.4f}, {values[1]:+.4f}]"
+
+
+def _arm_row(start: dict[str, Any], arm: str) -> list[str]:
+    runs, v = start["runs"], start["summary"]["arms"][arm]
+    trained = "base" if arm.startswith("base") else "dense"
+    steps = runs[0]["training"][trained]["steps"]
+    cpu = statistics.mean(r["training"][trained]["cpu_s"] for r in runs)
+    cost = [r["cost"][COST_OF[arm]] for r in runs]
+    relative = statistics.median(c["seconds"] / r["cost"]["base"]["seconds"]
+                                 for c, r in zip(cost, runs, strict=True))  # fmt: skip
+    return [LABELS[arm], f"{v['mean']:.4f}", ", ".join(f"{x:.3f}" for x in v["per_seed"]),
+            str(steps), f"{cpu:.0f}", f"{cost[0]['macs'] / 1e9:.3f}",
+            f"{1e3 * statistics.median(c['seconds'] for c in cost):.2f}",
+            f"{relative:.2f}"]  # fmt: skip
+
+
+def _claim_row(start: dict[str, Any], key: str) -> list[str]:
+    c = start["summary"]["comparisons"][key]
+    return [CLAIMS[key], f"{c['diff']:+.4f}", _ci(c["ci_images"]), _ci(c["ci_hierarchical"]),
+            f"{c['seeds_won']}/{len(c['per_seed'])}", VERDICTS[c["verdict"]]]  # fmt: skip
+
+
+def start_section(name: str, start: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The tables of one start (ImageNet or scratch)."""
+    lines = [f"## {start['title']}", ""]
+    if "summary" not in start:
+        return [*lines, "No seed finished.", ""]
+    runs = start["runs"]
+    lines += [
+        f"`{start['backbone']}` ({start['origin']}), seeds {start['summary']['seeds']}.",
+        "",
+        C.table(
+            [
+                "arm",
+                "accuracy (mean over seeds)",
+                "per seed",
+                "train steps",
+                "train CPU s",
+                "test GMACs / image",
+                "test ms / image",
+                "test time / one pass",
+            ],
+            [_arm_row(start, arm) for arm in ARMS],
+        ),
+        "",
+        C.table(
+            [
+                "claim (accuracy)",
+                "Δ",
+                "95% CI (images)",
+                "95% CI (seeds and images)",
+                "seeds won",
+                "verdict",
+            ],
+            [_claim_row(start, key) for key in CLAIMS],
+        ),
+        "",
+        f"(c) equals (b)'s phase 0: largest relative logit error "
+        f"{max(r['export_max_rel_error'] for r in runs):.1e} (asserted below 1e-4). "
+        f"(a)'s weights run densely give phases within "
+        f"{max(r['tta_phase_max_abs'] for r in runs):.2g} (largest absolute logit difference) "
+        "of (a) on the shifted inputs: the dense phases are the shifted views, up to the "
+        "border, which the shifted input pads and the dense phase reads.",
+        "",
+    ]
+    return lines
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The whole report."""
+    s, m = payload["settings"], payload["machine"]
+    k = s["k"]
+    lines = [
+        "# Accuracy (image classification): dense training, exported, against the baseline "
+        "and its shifted-input ensemble",
+        "",
+        C.machine_line(m),
+        f"Whole run: {m['wall_seconds'] / 60:.1f} min wall, {m['cpu_seconds'] / 60:.1f} min "
+        f"CPU; load average at the end {[round(v, 1) for v in m['load_average_now']]}.",
+        "",
+        f"Synthetic one-shape images ({s['image_size']} px, {s['num_classes']} shape types, "
+        f"circumradius {s['radius_min']:g}-{s['radius_max']:g} of the side; "
+        f"{s['num_test']} test images), batch {s['batch_size']}, {s['steps']} training steps "
+        f"from ImageNet and {s['scratch_steps']} from scratch, AdamW lr {s['lr']}, cosine "
+        "schedule with a 10% warm-up (at most 20 steps). The seed sets the "
+        "head's initialisation, the batch order and the data (train and test images). Dense "
+        f"output stride {s['output_stride']}: k = {k}, so the dense network gives {k * k} "
+        "logit vectors per image (the k x k phases), phase 0 being the original "
+        "classifier's. (a-tta) runs (a) on the image shifted by (i, j) x "
+        f"{s['output_stride']} px for every phase (i, j), the trailing side padded with "
+        "zeros (the mean colour), and averages the logits as (b-mean) averages its phases.",
+        "",
+    ]
+    if not payload["complete"]:
+        lines += [
+            f"**Incomplete**: {payload['finished']} of {payload['planned']} runs finished.",
+            "",
+        ]
+    for name, start in payload["starts"].items():
+        lines += start_section(name, start, s)
+    lines += [
+        f"Intervals: paired bootstrap ({s['bootstrap']} replicates) of the mean over seeds of "
+        "the accuracy difference, resampling test images (the same images for every arm of "
+        'a seed); "seeds and images" resamples the seeds too. A claim holds when the '
+        "interval over images lies above 0, and is reversed when it lies below. Test cost: "
+        "MACs counted by torch's flop counter, time the median of interleaved rounds "
+        f"({m['clock']} clock, batch {s['cost_batch']}); the last column divides by one "
+        "original pass.",
+    ]
+    return "\n".join(lines)
