@@ -109,7 +109,10 @@ class InverseTransferExport(Callback):
     error. Three files are written atomically (all or none) into the export directory:
 
     - ``backbone_<name>.pth``: backbone weights under plain timm names, loadable with
-      ``timm.create_model(name, num_classes=0, checkpoint_path=...)`` (tasks only);
+      ``timm.create_model(name, num_classes=0, checkpoint_path=...)`` (tasks only); for
+      image-level tasks (``timm_weights = "classifier"``) ``classifier_<name>.pth``, the whole
+      classifier, which loads into ``timm.create_model(name, num_classes=n)`` with
+      ``strict=True``;
     - ``model_original.ckpt``: the Lightning checkpoint of those weights (written by
       Lightning, minus optimizer and loop state), with ``output_stride=None`` and the
       original structure recorded, loadable with ``<Module>.load_from_checkpoint``;
@@ -388,8 +391,11 @@ class InverseTransferExport(Callback):
         if isinstance(pl_module, ExportableTask):
             backbone, missing = pl_module.timm_backbone_state_dict(network=original)
             name = pl_module.hparams["backbone"]
-            writers[directory / f"backbone_{name}.pth"] = lambda p: torch.save(backbone, p)
+            kind = getattr(pl_module, "timm_weights", "backbone")
+            writers[directory / f"{kind}_{name}.pth"] = lambda p: torch.save(backbone, p)
             details = {"backbone": name, "backbone_missing_timm_keys": missing}
+            if kind != "backbone":
+                details["timm_weights"] = kind
         return writers, details
 
     def _announce(self, summary: dict[str, Any]) -> None:

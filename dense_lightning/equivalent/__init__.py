@@ -11,6 +11,7 @@ from dense_lightning.equivalent.convert import (
 )
 from dense_lightning.equivalent.errors import Finding, NotEquivalentError
 from dense_lightning.equivalent.execution import execution_choices, set_execution
+from dense_lightning.equivalent.head import GlobalHeadPlan
 from dense_lightning.equivalent.info import DenseInfo, get_dense_info
 from dense_lightning.equivalent.layers import EAvgPool2d, EConv2d, EMaxPool2d
 from dense_lightning.equivalent.phase import PhaseRegion, batch_to_space, space_to_batch
@@ -27,6 +28,7 @@ __all__ = [
     "EquivalenceReport",
     "EquivalentLayer",
     "Finding",
+    "GlobalHeadPlan",
     "LayerState",
     "NotEquivalentError",
     "OutputCheck",

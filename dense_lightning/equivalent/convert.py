@@ -13,6 +13,12 @@ from torch import nn
 
 from dense_lightning.equivalent.base import pair
 from dense_lightning.equivalent.errors import Finding, NotEquivalentError
+from dense_lightning.equivalent.head import (
+    GlobalHeadPlan,
+    attach_global_head,
+    plan_global_head,
+    remove_global_head,
+)
 from dense_lightning.equivalent.info import DenseInfo, get_dense_info
 from dense_lightning.equivalent.lattice import AxisGeometry, LatticeGeometry
 from dense_lightning.equivalent.layers import EAvgPool2d, EConv2d, EMaxPool2d, EquivalentLayer
@@ -124,6 +130,7 @@ class _Plan:
     replacements: _Replacements
     regions: list[RegionPlan]
     findings: list[Finding]
+    head: GlobalHeadPlan | None = None
 
 
 def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
@@ -152,8 +159,16 @@ def _plan(trace: ModelTrace, output_stride: int) -> _Plan:
         reason = op.breaks(output_stride)
         if reason is not None:
             breaking.append((op, reason))
+    head, breaking = plan_global_head(trace, output_stride, breaking)
+    if head is not None:
+        # The head runs on the original network's views: its layers keep their geometry.
+        replacements = {
+            name: value
+            for name, value in replacements.items()
+            if not (name == head.module or name.startswith(head.module + "."))
+        }
     regions, unfixed = plan_regions(trace, output_stride, breaking)
-    return _Plan(replacements, regions, _unique(findings + unfixed))
+    return _Plan(replacements, regions, _unique(findings + unfixed), head)
 
 
 def _dense_class(module: nn.Module) -> type[EquivalentLayer]:
@@ -224,6 +239,12 @@ def to_dense(
             own outputs and must take the model's input. segmentation_models_pytorch models
             go through :func:`dense_lightning.integrations.smp.dense_encoder`.
 
+    A classifier (one output of fixed size, e.g. a timm model with its head) runs its global
+    pool and everything after it per phase (:mod:`~dense_lightning.equivalent.head`): its
+    output ``[B, num_classes]`` becomes ``[B, num_classes, k, k]``, where ``out[..., i, j]`` is
+    the classifier on the view starting at cell ``(i, j)`` of the dense map (the image shifted
+    by ``(i, j) * output_stride`` pixels) and ``out[..., 0, 0]`` is the original's logits.
+
     Returns:
         The dense model, with ``dense_info`` set on it (on the submodule, with ``submodule``).
         A model whose outputs are at ``output_stride`` already is returned unchanged (a copy
@@ -273,9 +294,11 @@ def to_dense(
         PhaseRegion(
             region.module, region.in_step, region.out_step, [module], True, "phase", reasons
         ).attach()
+    if plan.head is not None:
+        attach_global_head(target, plan.head)
     info = DenseInfo(
         output_stride, trace.stride, bool(plan.findings), method, tuple(plan.findings),
-        tuple(plan.regions),
+        tuple(plan.regions), global_head=plan.head,
     )  # fmt: skip
     target.dense_info = info
     target.dense_info = prove(reference, target, info, trace.probe[0], trace.in_chans, strict)
@@ -297,6 +320,7 @@ def to_original(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     target = model if inplace else copy.deepcopy(model)
     remove_regions(target, required=True)
+    remove_global_head(target)
     new_by_id = {id(m): m.restore() for m in target.modules() if isinstance(m, EquivalentLayer)}
     target = _swap(target, new_by_id)
     for module in target.modules():  # a model whose submodule was converted holds it there

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from dense_lightning.equivalent.errors import Finding
+from dense_lightning.equivalent.head import GlobalHeadPlan
 from dense_lightning.equivalent.regions import RegionPlan
 
 __all__ = ["DenseInfo", "get_dense_info"]
@@ -28,6 +29,8 @@ class DenseInfo:
         float64_rel_error: The same in float64, measured when the first exceeded the
             tolerance: deep networks amplify rounding, and float64 tells rounding from a
             real difference.
+        global_head: Where a classifier's global pool and head run per phase; its outputs
+            then end in ``[k, k]`` phases (see :mod:`~dense_lightning.equivalent.head`).
     """
 
     output_stride: int
@@ -38,6 +41,7 @@ class DenseInfo:
     regions: tuple[RegionPlan, ...] = field(default=())
     max_rel_error: float | None = None
     float64_rel_error: float | None = None
+    global_head: GlobalHeadPlan | None = None
 
     @property
     def per_view_statistics(self) -> bool:

@@ -21,6 +21,7 @@ An exception raised by a probe becomes a ``ValueError`` naming the module that r
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,8 @@ class ModelTrace:
     modules: dict[str, ModuleTrace] = field(default_factory=dict)
     probe: tuple[int, int] = (96, 224)
     in_chans: int = 3
+    # Modules (not the model itself) that return one of the model's output tensors.
+    output_modules: tuple[str, ...] = ()
 
     @property
     def stride(self) -> int:
@@ -132,6 +135,8 @@ class _Probe:
     calls: dict[str, list[tuple[Shapes, Shapes]]] = field(default_factory=dict)
     pending: dict[str, list[Shapes]] = field(default_factory=dict)
     failed_at: tuple[str, nn.Module] | None = None
+    returned: dict[str, list[weakref.ref]] = field(default_factory=dict)
+    output_modules: list[str] = field(default_factory=list)
 
 
 def _shapes(value: Any) -> Shapes:
@@ -190,6 +195,9 @@ def _hooks(
             if is_leaf:
                 probe.layer_out[name] = tuple(flatten_outputs(out)[0].shape)
             probe.calls.setdefault(name, []).append((inputs, _shapes(out)))
+            # Weak references: an id could be reused once an intermediate tensor is freed.
+            refs = probe.returned.setdefault(name, [])
+            refs.extend(weakref.ref(t) for t in flatten_outputs(out))
 
         yield module.register_forward_pre_hook(pre, with_kwargs=True)
         yield module.register_forward_hook(post, always_call=True)
@@ -220,6 +228,13 @@ def _run_probe(model: nn.Module, method: str, size: int, in_chans: int) -> _Prob
         for handle in handles:
             handle.remove()
     probe.outputs = _shapes(out)
+    final = flatten_outputs(out)
+    probe.output_modules = [
+        name
+        for name, refs in probe.returned.items()
+        if name and any(ref() is t for ref in refs for t in final)
+    ]
+    probe.returned.clear()
     return probe
 
 
@@ -351,7 +366,7 @@ def trace_model(
     outputs = [reduction(a, b, delta) for a, b in zip(p1.outputs, p2.outputs, strict=True)]
     return ModelTrace(
         layers, p1.ops, outputs, inconsistent, _module_traces(model, p1, p2, delta),
-        (size, size + delta), in_chans,
+        (size, size + delta), in_chans, tuple(p1.output_modules),
     )  # fmt: skip
 
 

@@ -30,6 +30,11 @@ from dense_lightning.equivalent.trace import flatten_outputs
 
 __all__ = ["verify_equivalence"]
 
+_HEAD_NOTE = (
+    "not applicable: the global pool and the head run per phase, so phase (i, j) is the "
+    "classifier on its own whole view, border cells included; check the shifted views on the "
+    "features (method='forward_features')"
+)
 _PER_VIEW_NOTE = (
     "not applicable: modules that read every position run per phase, so each phase other than "
     "0 is the original network on that phase's own sub-image, with its own global statistics, "
@@ -39,6 +44,15 @@ _PER_VIEW_NOTE = (
 
 def _run(model: nn.Module, method: str, x: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() for t in flatten_outputs(getattr(model, method)(x))]
+
+
+def _is_phases(original: torch.Tensor, dense: torch.Tensor) -> bool:
+    """True when ``dense`` is ``original``'s shape plus trailing ``[k, k]`` phases."""
+    return (
+        original.ndim < 3
+        and dense.ndim == original.ndim + 2
+        and dense.shape[: original.ndim] == original.shape
+    )
 
 
 def _factor(original: torch.Tensor, dense: torch.Tensor) -> tuple[int, int]:
@@ -107,7 +121,7 @@ def _phases(k: tuple[int, int], limit: int) -> list[tuple[int, int]]:
 
 def _check_phases(
     original: nn.Module, method: str, x: torch.Tensor, dense_outs: list[torch.Tensor],
-    checks: list[OutputCheck], output_stride: int, max_phases: int,
+    checks: list[OutputCheck], output_stride: int, max_phases: int, skip: set[int],
 ) -> None:  # fmt: skip
     # An output with k > 1 cells per original cell has dense reduction output_stride, so its
     # original reduction is exactly output_stride * k.
@@ -116,7 +130,7 @@ def _check_phases(
     h, w = x.shape[-2:]
     for check, dense, reach, (rh, rw) in zip(checks, dense_outs, reaches, reductions, strict=True):
         kh, kw = check.factor
-        if (kh, kw) == (1, 1) or dense.ndim < 3:
+        if (kh, kw) == (1, 1) or dense.ndim < 3 or check.index in skip:
             continue
         if reach is None or h <= rh or w <= rw:
             check.phase_note = "not checked: the input is too small to have an interior"
@@ -224,20 +238,28 @@ def verify_equivalence(
         if len(outs_o) != len(outs_d):
             raise ValueError(f"original gives {len(outs_o)} outputs, dense gives {len(outs_d)}")
         checks = []
+        heads = set()
         for i, (ref, got) in enumerate(zip(outs_o, outs_d, strict=True)):
-            factor = _factor(ref, got) if ref.ndim >= 3 else (1, 1)
-            sampled = got[..., :: factor[0], :: factor[1]] if ref.ndim >= 3 else got
+            if _is_phases(ref, got):  # a classifier's per-phase head: phase 0 is the original
+                heads.add(i)
+                factor, sampled = (got.shape[-2], got.shape[-1]), got[..., 0, 0]
+            else:
+                factor = _factor(ref, got) if ref.ndim >= 3 else (1, 1)
+                sampled = got[..., :: factor[0], :: factor[1]] if ref.ndim >= 3 else got
             abs_err, rel_err = max_errors(ref, sampled)
             checks.append(
                 OutputCheck(i, tuple(ref.shape), tuple(got.shape), factor, abs_err, rel_err)
             )
+        for i in heads:
+            checks[i].phase_note = _HEAD_NOTE
+        spatial = [c for c in checks if c.index not in heads]
         if check_phases and info is not None and info.per_view_statistics:
-            for check in checks:
+            for check in spatial:
                 if check.factor != (1, 1):
                     check.phase_note = _PER_VIEW_NOTE
-        elif check_phases:
+        elif check_phases and spatial:
             stride = info.output_stride if info is not None else _guess_stride(x, outs_d, checks)
-            _check_phases(original, method, x, outs_d, checks, stride, max_phases)
+            _check_phases(original, method, x, outs_d, checks, stride, max_phases, heads)
         report = EquivalenceReport(
             outputs=checks,
             rtol=rtol,

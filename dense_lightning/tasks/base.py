@@ -112,6 +112,10 @@ class BaseTask(LightningModule, ABC):
     data_checks: ClassVar[tuple[str, ...]] = ()
     #: Whether training steps update the metrics (off where decoding costs more than a step).
     train_metrics_enabled: ClassVar[bool] = True
+    #: What :meth:`timm_backbone_state_dict` returns under timm's names, and so what the
+    #: export's ``<timm_weights>_<backbone>.pth`` holds: ``"backbone"`` (the feature trunk,
+    #: for ``num_classes=0``) or ``"classifier"`` (the whole timm model, head included).
+    timm_weights: ClassVar[str] = "backbone"
 
     def __init__(
         self,

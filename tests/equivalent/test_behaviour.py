@@ -82,10 +82,21 @@ def test_unfixable_global_op_raises_and_strict_false_is_approximate():
     assert report.approximate and not report.equivalent
 
 
-def test_classifier_forward_flags_global_pool(make_model):
-    model = make_model("resnet18")
-    with pytest.raises(NotEquivalentError, match=r"global_pool\.pool"):
-        to_dense(model, 8)
+class _RootPoolClassifier(nn.Module):
+    """A classifier that pools in its own forward: no module around the pool to split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_classifier_pooling_at_the_root_is_flagged():
+    with pytest.raises(NotEquivalentError, match="pools globally"):
+        to_dense(_RootPoolClassifier().eval(), 1)
 
 
 def test_interpolation_at_the_root_is_flagged():
