@@ -125,18 +125,21 @@ def predict(tasks: dict[str, Any], exported: torch.nn.Module, loader: Any,
     k, s = args.k, args.output_stride
     preds: dict[str, list[Tensor]] = {arm: [] for arm in ARMS}
     labels, export_error, tta_gap = [], 0.0, 0.0
-    for net in (*tasks.values(), exported):
-        net.to(device).eval()
+    nets = {name: task.model.to(device).eval() for name, task in tasks.items()}
+    exported.to(device).eval()
     for batch in loader:
         images = batch["image"].to(device)
-        base = tasks["base"](images)
-        dense = tasks["dense"](images).flatten(2)  # [B, C, k*k], phase 0 first
-        tta = tta_logits(tasks["base"], images, k, s)
+        base = nets["base"](images)
+        dense = nets["dense"](images)
+        if dense.shape[-2:] != (k, k):
+            raise AssertionError(f"expected {k} x {k} phases, got {tuple(dense.shape)}")
+        dense = dense.flatten(2)  # [B, C, k*k], phase 0 first
+        tta = tta_logits(nets["base"], images, k, s)
         out = exported(images)
         scale = dense[..., 0].abs().max().clamp(min=1e-12)
         export_error = max(export_error, float((out - dense[..., 0]).abs().max() / scale))
         # (a)'s weights run densely against (a) on the shifted views: equal up to the border.
-        tta_gap = max(tta_gap, float((tasks["base_dense"](images).flatten(2) - tta).abs().max()))
+        tta_gap = max(tta_gap, float((nets["base_dense"](images).flatten(2) - tta).abs().max()))
         for arm, logits in (("base", base), ("base_tta", tta.mean(-1)), ("dense_p0", dense[..., 0]),
                             ("dense_mean", dense.mean(-1)), ("exported", out)):  # fmt: skip
             preds[arm].append(logits.argmax(1).cpu())
@@ -153,10 +156,11 @@ def predict(tasks: dict[str, Any], exported: torch.nn.Module, loader: Any,
 def test_cost(tasks: dict[str, Any], images: Tensor, args: argparse.Namespace) -> dict:
     """MACs and time per image: one original pass, the k x k shifted passes, one dense pass."""
     k, s = args.k, args.output_stride
+    base, dense = tasks["base"].model, tasks["dense"].model
     calls = {
-        "base": lambda: tasks["base"](images),
-        "base_tta": lambda: tta_logits(tasks["base"], images, k, s),
-        "dense": lambda: tasks["dense"](images),
+        "base": lambda: base(images),
+        "base_tta": lambda: tta_logits(base, images, k, s),
+        "dense": lambda: dense(images),
     }
     with torch.no_grad():
         macs = {name: C.macs(call) / len(images) for name, call in calls.items()}
