@@ -204,7 +204,7 @@ class ImageFolderClassificationDataset(Dataset):
 
 
 class ImageFolderClassificationDataModule(BaseDataModule):
-    """Image classification from a local folder, one sub-folder per class; batches {"image", "label"}.
+    """Image classification from a local folder, one sub-folder per class; batches image, label.
 
     ``num_classes`` and ``class_names`` come from the folders; the CLI checks them against
     the task's ``num_classes`` before anything runs.
