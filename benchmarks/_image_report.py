@@ -99,8 +99,11 @@ def start_section(name: str, start: dict[str, Any], settings: dict[str, Any]) ->
     if "summary" not in start:
         return [*lines, "No seed finished.", ""]
     runs = start["runs"]
+    low, high = start["radius"]
     lines += [
-        f"`{start['backbone']}` ({start['origin']}), seeds {start['summary']['seeds']}.",
+        f"`{start['backbone']}` ({start['origin']}), {start['image_size']} px images, "
+        f"circumradius {low:g}-{high:g} of the side, {start['steps']} training steps per arm, "
+        f"lr {start['lr']:g}; seeds {start['summary']['seeds']}.",
         "",
         C.table(
             [
@@ -151,17 +154,16 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Whole run: {m['wall_seconds'] / 60:.1f} min wall, {m['cpu_seconds'] / 60:.1f} min "
         f"CPU; load average at the end {[round(v, 1) for v in m['load_average_now']]}.",
         "",
-        f"Synthetic one-shape images ({s['image_size']} px, {s['num_classes']} shape types, "
-        f"circumradius {s['radius_min']:g}-{s['radius_max']:g} of the side; "
-        f"{s['num_test']} test images), batch {s['batch_size']}, {s['steps']} training steps "
-        f"from ImageNet and {s['scratch_steps']} from scratch, AdamW lr {s['lr']}, cosine "
-        "schedule with a 10% warm-up (at most 20 steps). The seed sets the "
-        "head's initialisation, the batch order and the data (train and test images). Dense "
-        f"output stride {s['output_stride']}: k = {k}, so the dense network gives {k * k} "
-        "logit vectors per image (the k x k phases), phase 0 being the original "
-        "classifier's. (a-tta) runs (a) on the image shifted by (i, j) x "
-        f"{s['output_stride']} px for every phase (i, j), the trailing side padded with "
-        "zeros (the mean colour), and averages the logits as (b-mean) averages its phases.",
+        f"Synthetic one-shape images ({s['num_classes']} shape types; the settings of each "
+        f"start below; {s['num_test']} test images), batch {s['batch_size']}, AdamW, cosine "
+        "schedule with a 10% warm-up (at most 20 steps). The seed sets the classifier "
+        "layer's initialisation (and, from scratch, every weight), the batch order and the "
+        "data (train and test images); both trained arms of a seed see the same batches. "
+        f"Dense output stride {s['output_stride']}: k = {k}, so the dense network gives "
+        f"{k * k} logit vectors per image (the k x k phases), phase 0 being the original "
+        f"classifier's. (a-tta) runs (a) on the image shifted by (i, j) x {s['output_stride']} "
+        "px for every phase (i, j), the trailing side padded with zeros (the mean colour), "
+        "and averages the logits as (b-mean) averages its phases.",
         "",
     ]
     if not payload["complete"]:

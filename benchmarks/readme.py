@@ -141,8 +141,8 @@ def image_section(payload: dict[str, Any], link: str) -> list[str]:
     s = payload["settings"]
     lines = [
         f"**Accuracy, image classification** ([{link}.md](results/{link}.md); {_when(payload)}; "
-        f"{s['image_size']} px, output stride {s['output_stride']} (k x k = {s['k'] ** 2} "
-        f"phases), {payload['finished']} of {payload['planned']} runs"
+        f"output stride {s['output_stride']} (k x k = {s['k'] ** 2} phases), "
+        f"{payload['finished']} of {payload['planned']} runs"
         + ("" if payload.get("complete") else ", **incomplete run**") + "):",
         "",
     ]  # fmt: skip
@@ -152,7 +152,10 @@ def image_section(payload: dict[str, Any], link: str) -> list[str]:
             continue
         arms, seeds = start["summary"]["arms"], len(start["summary"]["seeds"])
         names = ", ".join(f"{LABELS[a].split(' ')[0]} {v['mean']:.3f}" for a, v in arms.items())
-        lines.append(f"- {start['title']} (`{start['backbone']}`, {seeds} seeds): {names}")
+        lines.append(
+            f"- {start['title']} (`{start['backbone']}`, {start['image_size']} px, {seeds} "
+            f"seeds), accuracy: {names}"
+        )
         for key, claim in CLAIMS.items():
             c = start["summary"]["comparisons"][key]
             lo, hi = c["ci_images"]
