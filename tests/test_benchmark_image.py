@@ -20,11 +20,16 @@ def quick(tmp_path_factory):
     return out, bench.main(["--quick", "--out", str(out)])
 
 
-def test_quick_report_has_every_arm_claim_and_check(quick):
+@pytest.mark.parametrize(
+    ("task", "stem"),
+    [("classification", "accuracy_image"), ("regression", "accuracy_image_regression")],
+)
+def test_quick_report_has_every_arm_claim_and_check(quick, task, stem):
     out, returned = quick
-    payload = json.loads((out / "accuracy_image.json").read_text())
-    assert payload == json.loads(json.dumps(returned, default=str))
-    assert payload["complete"] is True and set(payload["starts"]) == {"imagenet", "scratch"}
+    payload = json.loads((out / f"{stem}.json").read_text())
+    assert payload == json.loads(json.dumps(returned[task], default=str))
+    assert payload["task"] == task and payload["complete"] is True
+    assert set(payload["starts"]) == {"imagenet", "scratch"}
     assert payload["starts"]["imagenet"]["backbone"] == "tf_efficientnet_lite0"
     for key in ("platform", "cpu_count", "torch", "torch_threads", "date", "cpu_seconds"):
         assert key in payload["machine"]
@@ -34,25 +39,32 @@ def test_quick_report_has_every_arm_claim_and_check(quick):
         assert len(runs) == len(payload["settings"]["seeds"]) >= 2
         for run in runs:
             assert "replicates" not in run  # tensors stay out of the JSON
-            assert set(run["accuracy"]) == set(ARMS)
-            assert all(0.0 <= v <= 1.0 for v in run["accuracy"].values())
+            assert set(run["metric"]) == set(ARMS)
+            if task == "classification":
+                assert all(0.0 <= v <= 1.0 for v in run["metric"].values())
+            else:
+                assert all(v >= 0.0 for v in run["metric"].values())
             assert run["training"]["base"]["steps"] == run["training"]["dense"]["steps"]
             # The export is the dense phase 0 (asserted inside too), at the baseline's cost.
             assert run["export_max_rel_error"] < 1e-4
-            assert run["accuracy"]["exported"] == run["accuracy"]["dense_p0"]
+            assert run["metric"]["exported"] == pytest.approx(run["metric"]["dense_p0"], abs=1e-4)
             cost = run["cost"]
             assert cost["base_tta"]["macs"] == pytest.approx(k * k * cost["base"]["macs"])
             assert cost["base"]["macs"] < cost["dense"]["macs"] < cost["base_tta"]["macs"]
         summary = start["summary"]
         assert set(summary["comparisons"]) == set(CLAIMS)
-        for c in summary["comparisons"].values():
+        for key, c in summary["comparisons"].items():
             assert c["ci_images"][0] <= c["ci_images"][1]
             assert c["verdict"] in ("holds", "reversed", "inconclusive")
-    md = (out / "accuracy_image.md").read_text()
-    assert md.startswith("# Accuracy (image classification)")
+            # The difference is the improvement: accuracy gained, or error removed.
+            first, second = (summary["arms"][a]["mean"] for a in key.split("-"))
+            sign = 1 if task == "classification" else -1
+            assert c["diff"] == pytest.approx(sign * (first - second))
+    md = (out / f"{stem}.md").read_text()
+    assert md.startswith(f"# Accuracy (image {task})")
     assert "(c) beats (a) at (a)'s test cost" in md and "From scratch" in md
-    section = "\n".join(readme.image_section(payload, "accuracy_image"))
-    assert "Accuracy, image classification" in section and "(b-mean) beats (a-tta)" in section
+    section = "\n".join(readme.image_section(payload, stem))
+    assert f"Accuracy, image {task}" in section and "(b-mean) beats (a-tta)" in section
 
 
 def test_shifted_views_are_the_phases_of_the_dense_lattice():
