@@ -16,27 +16,59 @@ from dense_lightning.data import (
 )
 from dense_lightning.equivalent import to_original
 from dense_lightning.tasks import (
+    ImageClassificationTask,
+    ImageRegressionTask,
     KeypointEstimationTask,
     ObjectDetectionTask,
     SemanticSegmentationTask,
 )
 from dense_lightning.tasks.lattice import lattice_step, lattice_subsample
 
+
+def _synthetic_batch(data_cls):
+    def batch():
+        data = data_cls(num_train=4, batch_size=4, image_size=96, seed=1)
+        return next(iter(data.train_dataloader()))
+
+    return batch
+
+
+def _image_batch(key):
+    def batch():
+        g = torch.Generator().manual_seed(1)
+        values = {
+            "label": torch.randint(0, 3, (4,), generator=g),
+            "target": 20 + 10 * torch.rand(4, generator=g),
+        }
+        return {"image": torch.randn(4, 3, 96, 96, generator=g), key: values[key]}
+
+    return batch
+
+
 TASKS = {
-    "segmentation": (SemanticSegmentationTask, SyntheticSegmentationDataModule, {}),
-    "detection": (ObjectDetectionTask, SyntheticDetectionDataModule, {}),
-    "keypoints": (KeypointEstimationTask, SyntheticKeypointsDataModule, {}),
-}
+    "segmentation": (
+        SemanticSegmentationTask, _synthetic_batch(SyntheticSegmentationDataModule),
+        {"head_channels": 16},
+    ),
+    "detection": (
+        ObjectDetectionTask, _synthetic_batch(SyntheticDetectionDataModule), {"head_channels": 16}
+    ),
+    "keypoints": (
+        KeypointEstimationTask, _synthetic_batch(SyntheticKeypointsDataModule),
+        {"head_channels": 16},
+    ),
+    "image_classification": (ImageClassificationTask, _image_batch("label"), {"num_classes": 3}),
+    "image_regression": (
+        ImageRegressionTask, _image_batch("target"), {"target_mean": 25.0, "target_scale": 5.0}
+    ),
+}  # fmt: skip
 
 
 def _task(name, output_stride=8, **kwargs):
-    task_cls, data_cls, extra = TASKS[name]
+    task_cls, batch, extra = TASKS[name]
     torch.manual_seed(0)
-    task = task_cls(
-        backbone="resnet10t", output_stride=output_stride, head_channels=16, **extra, **kwargs
-    )
-    data = data_cls(num_train=4, batch_size=4, image_size=96, seed=1)
-    return task, next(iter(data.train_dataloader()))
+    task = task_cls(backbone="resnet10t", output_stride=output_stride, **extra, **kwargs)
+    return task, batch()
 
 
 def _exported_loss(task, batch):
