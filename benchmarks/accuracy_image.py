@@ -64,7 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(seeds=[0, 1, 2, 3], batch_size=16, num_test=256, jobs=2, bootstrap=2000,
                 cost_repeats=3, num_workers=0,
                 imagenet=dict(image_size=96, radius=(0.06, 0.16), regression_radius=(0.08, 0.3),
-                              steps=150, lr=1e-3),
+                              steps=120, lr=1e-3),
                 scratch=dict(backbone="test_resnet", image_size=64, radius=(0.15, 0.35),
                              regression_radius=(0.08, 0.3), steps=800, lr=3e-3)),
     # One GPU, a few minutes: more steps and test images, a ResNet-18 from scratch.
