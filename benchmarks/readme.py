@@ -134,6 +134,40 @@ def centernet_section(payload: dict[str, Any], link: str) -> list[str]:
     return [*lines, ""]
 
 
+def image_section(payload: dict[str, Any], link: str) -> list[str]:
+    """Per start: the arms' metric and the verdict of every claim."""
+    from benchmarks._image_report import CLAIMS, LABELS, TASKS
+
+    s = payload["settings"]
+    metric, higher, title = TASKS[payload.get("task", "classification")]
+    gain = "Δ accuracy" if higher else "MAE removed"
+    lines = [
+        f"**Accuracy, {title}** ([{link}.md](results/{link}.md); {_when(payload)}; "
+        f"output stride {s['output_stride']} (k x k = {s['k'] ** 2} phases), "
+        f"{payload['finished']} of {payload['planned']} runs"
+        + ("" if payload.get("complete") else ", **incomplete run**") + "):",
+        "",
+    ]  # fmt: skip
+    for start in payload["starts"].values():
+        if "summary" not in start:
+            lines.append(f"- {start['title']}: no seed finished")
+            continue
+        arms, seeds = start["summary"]["arms"], len(start["summary"]["seeds"])
+        names = ", ".join(f"{LABELS[a].split(' ')[0]} {v['mean']:.3f}" for a, v in arms.items())
+        lines.append(
+            f"- {start['title']} (`{start['backbone']}`, {start['image_size']} px, {seeds} "
+            f"seeds), {metric}: {names}"
+        )
+        for key, claim in CLAIMS.items():
+            c = start["summary"]["comparisons"][key]
+            lo, hi = c["ci_images"]
+            lines.append(
+                f"  - {claim}: {c['verdict']} ({gain} {c['diff']:+.3f}, 95% CI "
+                f"[{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{seeds})"
+            )
+    return [*lines, ""]
+
+
 def overhead_section(payload: dict[str, Any], link: str) -> list[str]:
     """Lightning overhead per configuration."""
     lines = [f"**Training overhead** ([{link}.md](results/{link}.md); {_when(payload)}):", ""]
@@ -157,6 +191,10 @@ def render(results: Path) -> str:
         ("accuracy_segmentation_gpu", accuracy_section, ()),
         ("accuracy_detection", centernet_section, ()),
         ("accuracy_keypoints", centernet_section, ()),
+        ("accuracy_image", image_section, ()),
+        ("accuracy_image_regression", image_section, ()),
+        ("accuracy_image_gpu", image_section, ()),
+        ("accuracy_image_gpu_regression", image_section, ()),
         ("overhead", overhead_section, ()),
     )
     for stem, section, extra in sources:

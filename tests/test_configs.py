@@ -18,8 +18,9 @@ TINY = [
     "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0",
     "--model.init_args.backbone=test_resnet", "--model.init_args.pretrained=false",
-    "--model.init_args.head_channels=16",
 ]  # fmt: skip
+# Dense-prediction heads only: the image-level tasks use the classifier's own layer.
+HEAD = ["--model.init_args.head_channels=16"]
 SYNTHETIC = [
     "--data.init_args.batch_size=2", "--data.init_args.num_train=4", "--data.init_args.num_val=4",
     "--data.init_args.num_test=2", "--data.init_args.num_predict=2",
@@ -37,14 +38,21 @@ VOC = [
     "--model.init_args.num_classes=3",
 ]  # fmt: skip
 
+FOLDER = ["--data.init_args.root={root}", "--data.init_args.image_size=32",
+          "--data.init_args.batch_size=2"]  # fmt: skip
+
 # Each config: the data it needs (None: built-in synthetic data) and its small overrides.
 CASES = {
-    "segmentation/quickstart.yaml": (None, SYNTHETIC),
-    "segmentation/voc.yaml": ("voc", VOC),
-    "detection/quickstart.yaml": (None, SYNTHETIC),
-    "detection/coco.yaml": ("coco", [*COCO, "--model.init_args.num_classes=1"]),
-    "keypoints/quickstart.yaml": (None, SYNTHETIC),
-    "keypoints/coco.yaml": ("coco", COCO),
+    "segmentation/quickstart.yaml": (None, [*HEAD, *SYNTHETIC]),
+    "segmentation/voc.yaml": ("voc", [*HEAD, *VOC]),
+    "detection/quickstart.yaml": (None, [*HEAD, *SYNTHETIC]),
+    "detection/coco.yaml": ("coco", [*HEAD, *COCO, "--model.init_args.num_classes=1"]),
+    "keypoints/quickstart.yaml": (None, [*HEAD, *SYNTHETIC]),
+    "keypoints/coco.yaml": ("coco", [*HEAD, *COCO]),
+    "classification/quickstart.yaml": (None, SYNTHETIC),
+    "classification/folder.yaml": ("folder", [*FOLDER, "--model.init_args.num_classes=3"]),
+    "regression/quickstart.yaml": (None, SYNTHETIC),
+    "regression/csv.yaml": ("csv", FOLDER),
 }
 
 COCO_KEYPOINTS = [
@@ -90,10 +98,38 @@ def test_every_config_has_a_case():
     assert ALL_CONFIGS == sorted(CASES)
 
 
+def write_tiny_image_folder(root: Path, classes=("cat", "dog", "owl")) -> Path:
+    """train/ and val/ with one sub-folder per class, two small images each."""
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for name in classes:
+            for i in range(2):
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                pixels = (torch.rand(30, 40, 3, generator=gen) * 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+def write_tiny_csv(root: Path) -> Path:
+    """train.csv and val.csv (file,value) over four small images."""
+    gen = torch.Generator().manual_seed(0)
+    (root / "images").mkdir(parents=True)
+    for i in range(8):
+        pixels = (torch.rand(36, 28, 3, generator=gen) * 255).to(torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / "images" / f"{i}.jpg")
+    for split, ids in (("train", range(4)), ("val", range(4, 8))):
+        rows = ["file,value", *(f"images/{i}.jpg,{20 + 5 * i}" for i in ids)]
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_config_runs_through_the_cli(name, run_cli, voc_root, tmp_path):
     data, overrides = CASES[name]
-    root = {"voc": voc_root, "coco": data == "coco" and write_tiny_coco(tmp_path / "coco")}
+    writers = {"coco": write_tiny_coco, "folder": write_tiny_image_folder, "csv": write_tiny_csv}
+    root = {"voc": voc_root}
+    if data in writers:
+        root[data] = writers[data](tmp_path / data)
     base = [
         f"--config={CONFIGS / name}",
         *TINY,

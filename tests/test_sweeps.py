@@ -24,7 +24,7 @@ from dense_lightning.cli import create_cli, main
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
-TASKS = ("detection", "keypoints", "segmentation")
+TASKS = ("classification", "detection", "keypoints", "regression", "segmentation")
 RANDOM_DRAWS = 4
 DISCRETE = ("value", "values")
 DISTRIBUTIONS = {

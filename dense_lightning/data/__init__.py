@@ -1,14 +1,25 @@
-"""DataModules and datasets: seeded synthetic shapes by default, VOC folders and COCO JSON."""
+"""DataModules and datasets: seeded synthetic shapes by default; VOC, COCO, image folders, CSV."""
 
 from dense_lightning.data.base import BaseDataModule, collate_instances
 from dense_lightning.data.coco import COCODetectionDataset, COCOKeypointsDataset
 from dense_lightning.data.coco_datamodule import COCODetectionDataModule, COCOKeypointsDataModule
 from dense_lightning.data.folder import SegmentationFolderDataModule, SegmentationFolderDataset
+from dense_lightning.data.image_csv import ImageCSVRegressionDataModule, ImageCSVRegressionDataset
+from dense_lightning.data.image_folder import (
+    ImageFolderClassificationDataModule,
+    ImageFolderClassificationDataset,
+)
 from dense_lightning.data.synthetic import (
     SyntheticDetectionDataModule,
     SyntheticDetectionDataset,
     SyntheticSegmentationDataModule,
     SyntheticSegmentationDataset,
+)
+from dense_lightning.data.synthetic_image import (
+    SyntheticImageClassificationDataModule,
+    SyntheticImageClassificationDataset,
+    SyntheticImageRegressionDataModule,
+    SyntheticImageRegressionDataset,
 )
 from dense_lightning.data.synthetic_keypoints import (
     SyntheticKeypointsDataModule,
@@ -26,11 +37,19 @@ __all__ = [
     "COCOKeypointsDataModule",
     "COCOKeypointsDataset",
     "DatasetError",
+    "ImageCSVRegressionDataModule",
+    "ImageCSVRegressionDataset",
+    "ImageFolderClassificationDataModule",
+    "ImageFolderClassificationDataset",
     "MissingDataError",
     "SegmentationFolderDataModule",
     "SegmentationFolderDataset",
     "SyntheticDetectionDataModule",
     "SyntheticDetectionDataset",
+    "SyntheticImageClassificationDataModule",
+    "SyntheticImageClassificationDataset",
+    "SyntheticImageRegressionDataModule",
+    "SyntheticImageRegressionDataset",
     "SyntheticKeypointsDataModule",
     "SyntheticKeypointsDataset",
     "SyntheticSegmentationDataModule",
