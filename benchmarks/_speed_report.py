@@ -122,6 +122,7 @@ def markdown(payload: dict[str, Any]) -> str:
         table(["model", "OS", "exported / original", "spread", "original ms"], t3),
         "",
         *_regions(rows),
+        *_peer(rows, payload.get("rows", [])),
     ]
     if refused:
         lines += [
@@ -150,34 +151,143 @@ def _check(check: dict[str, Any]) -> list[str]:
     ]
 
 
+def region_cost(row: dict[str, Any]) -> tuple[float, float | None]:
+    """What exactness costs over the dilated model without regions: now, and split per gate."""
+    d = row["derived"]
+    split = d.get("split_gates_over_no_regions_time")
+    return d["regions_over_no_regions_time"] - 1, None if split is None else split - 1
+
+
 def _regions(rows: list[dict[str, Any]]) -> list[str]:
     """Section 4: what running position-mixing modules per phase costs."""
-    body = [
-        [
+    body = []
+    for r in rows:
+        if not r.get("regions"):
+            continue
+        now, split = region_cost(r)
+        body.append([
             r["model"], r["output_stride"], len(r["regions"]),
             f"{r['derived']['dense_dilated_over_original_time']:.2f}",
             f"{r['times']['dense_no_regions']['median'] / r['times']['original']['median']:.2f}",
-            f"{(r['derived']['regions_over_no_regions_time'] - 1) * 100:+.1f}%",
-        ]
-        for r in rows
-        if r.get("regions")
-    ]  # fmt: skip
+            f"{now * 100:+.1f}%", "-" if split is None else f"{split * 100:+.1f}%",
+        ])  # fmt: skip
     if not body:
         return []
     return [
         "## 4. Phase regions: the cost of running position-mixing modules per phase",
         "",
-        "Squeeze-excitation and other modules that mix positions run in phase layout to stay "
-        "exact (one space-to-batch on entry, one batch-to-space on exit). Time ratios are "
-        "dense (dilated path) / original, with the regions and without them (the same "
-        "modules on the whole dense map: not equivalent); the last column is what the "
-        "reshuffles add.",
+        "Squeeze-excitation and other modules that mix positions run per phase to stay exact. "
+        "A recognised squeeze-excitation gate (timm's SEModule, EffectiveSEModule, EcaModule, "
+        "EfficientNet's SqueezeExcite) reads its per-phase statistics straight from the dense "
+        "map; other modules are split into phases on entry and interleaved on exit. Time "
+        "ratios are dense (dilated path) / original, with the regions and without them (the "
+        "same modules on the whole dense map: fast, not equivalent). Region cost = with / "
+        "without - 1; the last column is the same with every gate split and interleaved per "
+        "block instead (the reshuffles the dense-map statistics replace).",
         "",
         table(
-            ["model", "OS", "regions", "with regions", "without regions", "reshuffle cost"], body
+            [
+                "model",
+                "OS",
+                "regions",
+                "with regions",
+                "without regions",
+                "region cost",
+                "split per gate",
+            ],
+            body,
         ),
         "",
     ]
+
+
+def _ratio(value: float, target: float = 1.0) -> str:
+    return f"{value:.3f}" if value <= target else f"**{value:.3f}**"
+
+
+def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
+    """Sections 5 and 6: ours against timm's dilated model, eager and compiled."""
+    body, compiled, none = [], [], []
+    for r in rows:
+        p = r.get("peer")
+        if p is None:
+            none.append(f"- {r['model']} at OS {r['output_stride']}: {r.get('peer_refused')}")
+            continue
+        mem, tmem, err = p["peak_memory_bytes"], p["train_peak_memory_bytes"], p[
+            "lattice_max_rel_error"]  # fmt: skip
+        inf, tr = p["inference"], p["train"]
+        body.append([
+            r["model"], r["output_stride"],
+            f"{inf['ours_median'] * 1e3:.0f} / {inf['peer_median'] * 1e3:.0f}",
+            _ratio(inf["ratio"]), f"{inf['ratio_min']:.2f}-{inf['ratio_max']:.2f}",
+            f"{tr['ours_median'] * 1e3:.0f} / {tr['peer_median'] * 1e3:.0f}",
+            _ratio(tr["ratio"]), f"{tr['ratio_min']:.2f}-{tr['ratio_max']:.2f}",
+            _ratio(mem["ours"] / mem["timm"]), _ratio(tmem["ours"] / tmem["timm"]),
+            f"{err['ours']:.1e}", f"{err['timm']:.1e}",
+        ])  # fmt: skip
+        c = r.get("compiled")
+        if c is not None:
+            compiled.append([
+                r["model"], r["output_stride"], c["graphs"], c["graph_breaks"],
+                f"{c['inference']['ours_median'] * 1e3:.0f} / "
+                f"{c['inference']['peer_median'] * 1e3:.0f}",
+                _ratio(c["inference"]["ratio"]),
+                f"{c['compile_seconds']['ours']:.0f} / {c['compile_seconds']['timm']:.0f}",
+            ])  # fmt: skip
+    none += [f"- {r['model']}: {r['refused']}" for r in every if "refused" in r]
+    if not body and not none:
+        return []
+    train_batch = next((r["peer"]["train_batch"] for r in rows if r.get("peer")), "?")
+    met = sum(
+        r["peer"]["inference"]["ratio"] <= 1 and r["peer"]["train"]["ratio"] <= 1 for r in rows
+        if r.get("peer")
+    )  # fmt: skip
+    lines = [
+        f"## 5. Ours against timm's dilated model (target: <= 1.00; met {met}/{len(body)})",
+        "",
+        "The peer is `timm.create_model(name, output_stride=OS)` with the same weights; ours is "
+        "`to_dense(model, OS)` as it returns (dilated path). Ratios are ours / timm: the median "
+        "of the per-round ratios of interleaved rounds (range in the next column), CPU time of "
+        f"this process. Training step: train mode, batch {train_batch}, forward, a squared-mean "
+        "loss, backward. Peak memory: live tensors of one call (inference) and of one "
+        "training step. Lattice error: the output every k cells against the original "
+        "network's (timm's is wrong where something mixes positions). Bold: above 1.00.",
+        "",
+        table(
+            [
+                "model",
+                "OS",
+                "inference ms ours / timm",
+                "ratio",
+                "range",
+                "train ms ours / timm",
+                "ratio",
+                "range",
+                "memory",
+                "train memory",
+                "lattice err ours",
+                "lattice err timm",
+            ],
+            body,
+        ),
+        "",
+    ]
+    if none:
+        lines += ["No peer for:", "", *none, ""]
+    if compiled:
+        lines += [
+            "## 6. Compiled (`torch.compile`, default backend)",
+            "",
+            "Graphs and graph breaks of ours from `torch._dynamo.explain`; inference as in "
+            "section 5 after compiling both (first call, compile time, left out).",
+            "",
+            table(
+                ["model", "OS", "graphs", "breaks", "ms ours / timm", "ratio", "compile s"],
+                compiled,
+            ),
+            "",
+        ]
+    return lines
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:

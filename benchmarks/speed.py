@@ -8,11 +8,20 @@
 3. Inverse transfer keeps the speed: exported model time / original timm model time.
 4. Phase regions (squeeze-excitation and other position-mixing modules run per phase to stay
    exact): the dense model's time against the same dense model without its regions (those
-   modules then mix the phases: fast but not equivalent), i.e. the cost of the reshuffles.
+   modules then mix the phases: fast but not equivalent), i.e. the cost of exactness; for
+   squeeze-excitation gates also with the phases split and interleaved around every gate
+   (the per-block reshuffles that their statistics on the dense map replace).
+5. Ours against the peer, timm's own dilated model (``output_stride``, same weights): paired
+   ratios of inference and training-step times, peak memory, the lattice error of both, and
+   for a few models the same after ``torch.compile`` (graphs and breaks of ours included).
 
 ``--models`` measures only the named models and merges their rows into an existing result
 file of the same settings. A model that cannot be made exactly equivalent is recorded as
 refused, with the reason.
+
+The default profile is output stride 8 (``--strides 16 8 4`` for the others). ``--device cuda``
+runs the same columns on a GPU and writes ``gpu_speed*``; without a visible GPU it stops with
+an error saying so.
 
     python -m benchmarks.speed [--quick] [--out DIR] [--device cuda] [--models ...] [--tag T]
 """
@@ -32,6 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks import _common as C
+from benchmarks._speed_peer import COMPILE_MODELS, build_peer, measure_compiled, measure_peer
 from benchmarks._speed_report import markdown, plot
 from dense_lightning.equivalent import (
     NotEquivalentError,
@@ -41,14 +51,14 @@ from dense_lightning.equivalent import (
     to_dense,
     to_original,
 )
-from dense_lightning.equivalent.phase import remove_regions
+from dense_lightning.equivalent.phase import region_hooks, remove_regions
 from dense_lightning.equivalent.shift_stitch import shift_and_stitch, stitch_interior
 
 MODELS = (
-    "resnet18", "resnet50", "convnext_atto", "vgg11", "efficientnet_b0", "regnety_002",
-    "seresnet50",
+    "resnet18", "resnet50", "regnety_016", "regnetx_002", "mobilenetv2_100", "dla34",
+    "efficientnet_b0", "regnety_002", "seresnet50", "convnext_atto",
 )  # fmt: skip
-STRIDES = (16, 8, 4)
+STRIDES = (8,)
 
 
 def build(name: str, device: torch.device) -> nn.Module:
@@ -111,6 +121,19 @@ def check_lattice(original: nn.Module, dense: nn.Module, k: int, x: torch.Tensor
     }
 
 
+def split_gates(model: nn.Module) -> nn.Module:
+    """``model`` with its squeeze-excitation regions split into phases around every gate.
+
+    The per-block reshuffles that computing the gates' statistics on the dense map avoids:
+    the same numbers, two copies of the map per gate.
+    """
+    for module, _, _, region in list(region_hooks(model)):
+        if region.gate is not None:
+            module.__dict__.pop("forward", None)
+            region.gate = None
+    return model
+
+
 def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any) -> dict:
     """All numbers for one model at one output stride (or why it cannot be converted)."""
     original = build(name, device)
@@ -141,6 +164,9 @@ def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any
         unsplit = copy.deepcopy(paths["dilated"])
         remove_regions(unsplit, required=True)
         run["dense_no_regions"] = lambda: unsplit.forward_features(x)
+        if any(r.gate is not None for _, _, _, r in region_hooks(paths["dilated"])):
+            split = split_gates(copy.deepcopy(paths["dilated"]))
+            run["dense_split_gates"] = lambda: split.forward_features(x)
     with torch.no_grad():
         ref = run["dense_dilated"]()
         path_error = {
@@ -161,10 +187,17 @@ def measure(name: str, output_stride: int, args: argparse.Namespace, device: Any
         verification = check_stitch(
             original, paths["dilated"], k, output_stride, verify_size, device
         )
+    peer, no_peer = build_peer(name, output_stride, original, device)
+    versus: dict[str, Any] = {"peer_refused": no_peer}
+    if peer is not None:
+        versus["peer"] = measure_peer(paths["dilated"], peer, original, k, args, device)
+        if name in args.compile_models:
+            versus["compiled"] = measure_compiled(paths["dilated"], peer, args, device)
     return {
         "model": name,
         "output_stride": output_stride,
         "k": k,
+        **versus,
         "regions": [r.module for r in info.regions],
         "macs": counted,
         "peak_memory_bytes": memory,
@@ -203,9 +236,28 @@ def derive(row: dict[str, Any]) -> dict[str, Any]:
             if "dense_no_regions" in t
             else {}
         ),
+        **(
+            {"split_gates_over_no_regions_time": t["dense_split_gates"] / t["dense_no_regions"]}
+            if "dense_split_gates" in t
+            else {}
+        ),
         "exported_over_original_time": t["exported"] / t["original"],
         "exported_spread": max(row["times"][k]["spread"] for k in ("exported", "original")),
     }
+
+
+def summary(row: dict[str, Any]) -> str:
+    """One progress line: ours over timm's dilated model, or why a number is missing."""
+    if "refused" in row:
+        return f"refused: {row['refused']}"
+    peer = row.get("peer")
+    if peer is None:
+        return f"no peer: {row['peer_refused']}"
+    return (
+        f"ours/timm inference {peer['inference']['ratio']:.3f}, "
+        f"train {peer['train']['ratio']:.3f}, memory "
+        f"{peer['peak_memory_bytes']['ours'] / peer['peak_memory_bytes']['timm']:.2f}"
+    )
 
 
 def merge(path: Path, rows: list[dict], record: dict) -> tuple[list[dict], list[dict]]:
@@ -240,12 +292,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--merge", action="store_true", help="merge into the existing results of the same stem"
     )
+    p.add_argument("--train-batch", type=int, default=2, help="batch of the training step")
+    p.add_argument("--peer-repeats", type=int, default=None, help="rounds against timm")
+    p.add_argument("--compile-models", nargs="*", default=None, help="models also timed compiled")
     args = p.parse_args(argv)
     device = C.prepare(args)
     args.models = args.models or (["test_resnet"] if args.quick else list(MODELS))
     args.strides = args.strides or ([8] if args.quick else list(STRIDES))
     args.size = args.size or (64 if args.quick else 224)
     args.repeats = args.repeats or (1 if args.quick else 5)
+    args.peer_repeats = args.peer_repeats or (1 if args.quick else 7)
+    if args.compile_models is None:
+        args.compile_models = [] if args.quick else list(COMPILE_MODELS)
     record = C.machine(device, args)
     record.update(batch=args.batch, size=args.size, repeats=args.repeats, models=args.models)
     rows = []
@@ -255,9 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "refused" not in row:
                 row["derived"] = derive(row)
             rows.append(row)
-            print(
-                f"{name} os={output_stride}: {row.get('derived', row.get('refused'))}", flush=True
-            )
+            print(f"{name} os={output_stride}: {summary(row)}", flush=True)
     stem = ("speed" if device.type == "cpu" else "gpu_speed") + (f"_{args.tag}" if args.tag else "")
     runs = [record]
     if args.merge:

@@ -16,7 +16,7 @@ reads as the original's padding in the next layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,11 @@ class LatticeGeometry:
     h: AxisGeometry
     w: AxisGeometry
     ceil_mode: bool = False
+    # Plans by input size: a layer sees few sizes, and planning in Python on every call of
+    # every layer is measurable on small maps. Not part of the geometry's identity.
+    _plans: dict[tuple[int, int], LatticePlan] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     @property
     def in_step(self) -> tuple[int, int]:
@@ -196,10 +201,16 @@ class LatticeGeometry:
         return self.in_step == (1, 1) and self.out_step == (1, 1)
 
     def plan(self, x: torch.Tensor) -> LatticePlan:
-        """The padding plan of both axes for the dense input ``x``."""
-        return LatticePlan(
-            self.h.plan(x.shape[-2], self.ceil_mode), self.w.plan(x.shape[-1], self.ceil_mode)
-        )
+        """The padding plan of both axes for the dense input ``x`` (cached per input size)."""
+        size = (x.shape[-2], x.shape[-1])
+        plan = self._plans.get(size) if type(size[0]) is type(size[1]) is int else None
+        if plan is None:
+            plan = LatticePlan(
+                self.h.plan(size[0], self.ceil_mode), self.w.plan(size[1], self.ceil_mode)
+            )
+            if type(size[0]) is type(size[1]) is int:  # symbolic sizes (torch.compile) are not keys
+                self._plans[size] = plan
+        return plan
 
     def pad(self, x: torch.Tensor, value: float) -> tuple[torch.Tensor, LatticePlan]:
         """Pad (or crop) ``x`` so an unpadded dense op yields the canonical output size.

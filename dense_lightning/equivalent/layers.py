@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense_lightning.equivalent.base import EquivalentLayer, dense_class_for, pair
-from dense_lightning.equivalent.lattice import AxisGeometry, AxisPlan, LatticeGeometry
+from dense_lightning.equivalent.lattice import AxisGeometry, AxisPlan, LatticeGeometry, LatticePlan
 from dense_lightning.equivalent.phase import execute
 
 __all__ = ["EAvgPool2d", "EConv2d", "EMaxPool2d", "EquivalentLayer", "dense_class_for"]
@@ -102,7 +102,7 @@ class EAvgPool2d(EquivalentLayer, nn.AvgPool2d):
     """
 
     _overridden = ("stride", "padding", "ceil_mode")
-    _derived = ("_counts_padding",)
+    _derived = ("_counts_padding", "_constant_cache")
 
     def _apply_dense_config(self) -> None:
         g = self.geometry
@@ -118,19 +118,32 @@ class EAvgPool2d(EquivalentLayer, nn.AvgPool2d):
 
     def _run(self, x: torch.Tensor, g: LatticeGeometry) -> torch.Tensor:
         padded, plan = g.pad(x, 0.0)
-        kh, kw = pair(self.kernel_size)
-        channels = x.shape[1]
-        ones = torch.ones(channels, 1, kh, kw, dtype=x.dtype, device=x.device)
+        ones, divisor = self._constants(x, g, plan, padded.shape[-2:])
         total = F.conv2d(
-            padded, ones, stride=g.dense_stride, dilation=g.dense_dilation, groups=channels
+            padded, ones, stride=g.dense_stride, dilation=g.dense_dilation, groups=x.shape[1]
         )
         if self.divisor_override:
             return total / self.divisor_override
-        count_h = self._axis_counts(g.h, plan.h, padded.shape[-2], x)
-        count_w = self._axis_counts(g.w, plan.w, padded.shape[-1], x)
+        return total / divisor
+
+    def _constants(
+        self, x: torch.Tensor, g: LatticeGeometry, plan: LatticePlan, padded: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The all-ones window kernel and the cell counts, cached per input and layout."""
+        key = (g, tuple(x.shape[1:]), x.dtype, x.device)
+        cache = self.__dict__.setdefault("_constant_cache", {})
+        if key in cache:
+            return cache[key]
+        kh, kw = pair(self.kernel_size)
+        ones = torch.ones(x.shape[1], 1, kh, kw, dtype=x.dtype, device=x.device)
+        count_h = self._axis_counts(g.h, plan.h, padded[0], x)
+        count_w = self._axis_counts(g.w, plan.w, padded[1], x)
         # A cell off the lattice whose window lies wholly in padding counts nothing (its sum is
         # 0): it must read as zero padding downstream, not as 0 / 0.
-        return total / (count_h[:, None] * count_w[None, :]).clamp_min(1)
+        divisor = (count_h[:, None] * count_w[None, :]).clamp_min(1)
+        if not torch.compiler.is_compiling():  # a compiled graph holds them as constants
+            cache[key] = (ones, divisor)
+        return ones, divisor
 
     def _axis_counts(
         self, axis: AxisGeometry, plan: AxisPlan, padded_len: int, like: torch.Tensor

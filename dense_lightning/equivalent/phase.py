@@ -38,6 +38,7 @@ from torch import nn
 
 from dense_lightning.equivalent.base import EquivalentLayer
 from dense_lightning.equivalent.lattice import LatticeGeometry
+from dense_lightning.equivalent.statistics import channel_gate, gate_on_dense_map
 
 __all__ = [
     "PhaseRegion",
@@ -172,6 +173,9 @@ class PhaseRegion:
             False when chosen for speed.
         mode: For chosen regions, ``"phase"`` (always) or ``"auto"`` (timed per input).
         reasons: For required regions, why the module needs phases.
+        gate: For a required region around a recognised squeeze-excitation module (one step
+            in and out), its gate function: the module then computes its per-phase
+            statistics on the dense map (:mod:`~.statistics`) instead of being split.
     """
 
     name: str
@@ -182,6 +186,7 @@ class PhaseRegion:
     mode: str = "phase"
     reasons: tuple[str, ...] = ()
     choices: dict[tuple, str] = field(default_factory=dict)
+    gate: Callable | None = field(default=None, repr=False)
     _entered: list[bool] = field(default_factory=list, repr=False)
     _tuning: bool = field(default=False, repr=False)
 
@@ -208,6 +213,13 @@ class PhaseRegion:
             self._enter_hook, with_kwargs=True, prepend=not self.required
         )
         self.modules[-1].register_forward_hook(self._leave_hook, always_call=True)
+        if self.required and self.in_step == self.out_step and len(self.modules) == 1:
+            self.gate = channel_gate(self.modules[0])
+        if self.gate is not None:
+            # An instance attribute: nn.Module.__call__ finds it before the class's forward;
+            # removing the region deletes it (see remove_regions).
+            module = self.modules[0]
+            module.forward = functools.partial(_gated_forward, self, module)
 
     def split(self, value: Any) -> Any:
         """Inputs in dense layout (relative to the enclosing region) -> this region's views."""
@@ -274,8 +286,9 @@ class PhaseRegion:
     def _enter_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if self._tuning:
             return None
-        # Inside a required region everything is the original network already.
-        phase = not _original_inside() and self._decide(args, kwargs)
+        # Inside a required region everything is the original network already; a channel
+        # gate computes its per-phase statistics on the dense map itself (_gated_forward).
+        phase = not _original_inside() and self.gate is None and self._decide(args, kwargs)
         self._entered.append(phase)
         if not phase:
             return None
@@ -301,6 +314,17 @@ def _checked(t: torch.Tensor, rel: Step, region: PhaseRegion) -> torch.Tensor:
             f"its lattice step {rel}; feed the dense model from its input, not mid-way"
         )
     return t
+
+
+def _gated_forward(region: PhaseRegion, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The forward of a gated region's module: per-phase statistics on the dense map."""
+    original = type(module).forward
+    if _original_inside():
+        return original(module, x)
+    rel = _divide(region.in_step, _outer_base())
+    if rel == (1, 1):  # an enclosing chosen region has split it into these phases already
+        return original(module, x)
+    return gate_on_dense_map(module, region.gate, _checked(x, rel, region), rel)
 
 
 def _original_inside() -> bool:
@@ -350,8 +374,10 @@ def execute(
         x: Its input.
         run: The layer's computation for a given geometry.
     """
-    geometry = current_geometry(layer.geometry)
     state = layer.dense_state
+    if state.execution == "dilated" and not _ACTIVE.stack:
+        return run(x, layer.geometry)  # the common case, without the lookups below
+    geometry = current_geometry(layer.geometry)
     step = split_step(geometry)
     if state.execution == "dilated" or step == (1, 1):
         return run(x, geometry)
@@ -386,6 +412,8 @@ def remove_regions(model: nn.Module, *, required: bool) -> None:
     """Remove the chosen regions of ``model`` (and the required ones when ``required``)."""
     for module, hooks, hook_id, region in list(region_hooks(model)):
         if required or not region.required:
+            if region.gate is not None:
+                module.__dict__.pop("forward", None)
             del hooks[hook_id]
             module._forward_hooks_always_called.pop(hook_id, None)
             module._forward_hooks_with_kwargs.pop(hook_id, None)
