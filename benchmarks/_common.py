@@ -47,6 +47,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 def prepare(args: argparse.Namespace) -> torch.device:
     """Apply thread and backend settings; return the device."""
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}); run on a machine with a GPU or drop --device."
+        )
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
