@@ -72,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 pretrain_steps=200, seeds=[0, 1, 2, 3], num_test=64, jobs=2, cost_repeats=3,
                 num_workers=0, starts=["synthetic", "imagenet"], alt_lattice_weight=0.25,
                 alt_starts=["synthetic"]),
-    # One GPU, about 15 minutes: resnet18, 256 px, both starts.
+    # One GPU (not run here), sized for about 15 minutes: resnet18 and lite0, 256 px.
     "cuda": dict(backbone="resnet18", image_size=256, batch_size=16, steps=600,
                  pretrain_steps=1500, seeds=[0, 1, 2, 3], num_test=256, jobs=1, cost_repeats=10,
                  num_workers=6, starts=["synthetic", "imagenet"], alt_lattice_weight=0.25,

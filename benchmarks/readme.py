@@ -134,11 +134,13 @@ def centernet_section(payload: dict[str, Any], link: str) -> list[str]:
     metric = summary["metric"]
     arms = summary["arms"]
     lines.append(f"- {metric}: " + ", ".join(f"{a} {arms[a][metric]['mean']:.3f}" for a in arms))
+    from benchmarks._centernet_report import CLAIMS
+
     for key, c in summary["comparisons"].items():
         lo, hi = c[metric]["ci_images"]
         lines.append(
-            f"- {key}: {c['verdict']} (Δ {metric} {c[metric]['diff']:+.3f}, 95% CI "
-            f"[{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{len(summary['seeds'])})"
+            f"- {CLAIMS.get(key, key)}: {c['verdict']} (Δ {metric} {c[metric]['diff']:+.3f}, "
+            f"95% CI [{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{len(summary['seeds'])})"
         )
     return [*lines, ""]
 
