@@ -1,16 +1,22 @@
 """Accuracy of CenterNet detection and keypoints: dense training exported, against the baseline.
 
-Per task and seed, every arm starts from the same random weights (the seed sets them, the
-synthetic data and the batch order) and trains with the same schedule on the same batches:
+Per task and seed, every arm starts from the same weights (a backbone pretrained at its own
+stride on other shapes, as the segmentation benchmark's synthetic start, or random weights
+with ``--pretrain-steps 0``; the seed sets the head, the synthetic data and the batch order)
+and trains with the same schedule on the same batches:
 
 - ``a``: the baseline, trained at the backbone's own stride (32) for N steps;
 - ``a_long`` (optional, ``--a-long``): the same for N times the measured dense / original
   training time per step (equal training compute);
-- ``b``: the same start converted with ``to_dense`` (output stride 8), trained for N steps;
+- ``b``: the same start converted with ``to_dense`` (output stride 8), trained for N steps
+  without the lattice term (``lattice_loss_weight=0``);
 - ``c``: ``b`` exported with ``to_original``: ``a``'s architecture and test cost;
-- ``b_peak`` / ``c_peak``: the ablation. ``b`` with size and offset regressed only at each
-  object's peak cell of the dense map (``reach=None, lattice=1``), so no cell of the original
-  lattice is taught what the exported model must predict there; ``c_peak`` is its export.
+- ``b_lattice`` / ``c_lattice``: ``b`` with the exported network's own loss added
+  (``lattice_loss_weight``, default 1), and its export;
+- ``b_peak`` / ``c_peak`` (optional, ``--peak``): the ablation. ``b`` with size and offset
+  regressed only at each object's peak cell of the dense map (``reach=None, lattice=1``), so
+  no cell of the original lattice is taught what the exported model must predict there;
+  ``c_peak`` is its export.
 
 Every arm is scored by the task's own ``evaluate`` (COCO box mAP by torchmetrics/pycocotools
 for detection; COCO keypoint AP by pycocotools and PCK for keypoints), the exports through
@@ -20,6 +26,7 @@ are kept and re-accumulated (pycocotools' own ``accumulate``) on resampled image
 same sets for every arm of a seed.
 
     python -m benchmarks.accuracy_centernet [--quick] [--out DIR] [--task detection|keypoints|both]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ import io
 import multiprocessing
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -43,9 +52,11 @@ from pycocotools import cocoeval
 from torch import Tensor
 
 from benchmarks import _common as C
+from benchmarks._accuracy_starts import synthetic as synthetic_start
 from benchmarks._accuracy_stats import interval_verdict, paired_intervals, resample_weights
 from benchmarks._centernet_report import ARMS, EXPORTED_FROM, METRICS, markdown
 from benchmarks.accuracy import _quiet, fit
+from benchmarks.accuracy import new_task as segmentation_task
 from dense_lightning.data import SyntheticDetectionDataModule, SyntheticKeypointsDataModule
 from dense_lightning.equivalent import to_original, verify_equivalence
 from dense_lightning.equivalent.cells import CellGeometry, eval_mode
@@ -54,15 +65,23 @@ from dense_lightning.ops import encode_detection_targets
 from dense_lightning.tasks import KeypointEstimationTask, ObjectDetectionTask
 from dense_lightning.tasks.centernet import CenterNetTask
 
-COMPARISONS = (("c", "a"), ("c", "c_peak"), ("c", "a_long"), ("b", "a"))
+COMPARISONS = (("c_lattice", "a_long"), ("c_lattice", "a"), ("c_lattice", "c"),
+               ("b_lattice", "b"), ("c", "a"), ("c", "a_long"), ("b", "a"),
+               ("c", "c_peak"))  # fmt: skip
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, about 35 minutes of CPU time for both tasks: resnet10t at 96 px, 3 seeds,
-    # two (task, seed) runs at a time; the equal-compute baseline would cost a third more.
-    "cpu": dict(backbone="resnet10t", image_size=96, batch_size=8, steps=240, seeds=[0, 1, 2],
-                num_test=128, jobs=2, bootstrap=1000, cost_repeats=3, a_long=False),
+    # 2 CPU cores shared with other work: resnet10t at 128 px (a 4 x 4 heatmap at stride 32,
+    # objects 26-56 px across) from the synthetic pretraining, 2 seeds, one run at a time.
+    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=120, seeds=[0, 1],
+                num_test=64, jobs=1, bootstrap=500, cost_repeats=3, a_long=True, peak=False,
+                pretrain_steps=200, num_workers=0),
+    # One GPU (not run here): resnet18 at 256 px (8 x 8 heatmap), 4 seeds, the ablation.
+    "cuda": dict(backbone="resnet18", image_size=256, batch_size=16, steps=500,
+                 seeds=[0, 1, 2, 3], num_test=256, jobs=1, bootstrap=1000, cost_repeats=10,
+                 a_long=True, peak=True, pretrain_steps=1500, num_workers=6),
     # Seconds, for the tests.
     "quick": dict(backbone="test_resnet", image_size=64, batch_size=2, steps=2, seeds=[0, 1],
-                  num_test=4, jobs=1, bootstrap=50, cost_repeats=1, a_long=True),
+                  num_test=4, jobs=1, bootstrap=50, cost_repeats=1, a_long=True, peak=True,
+                  pretrain_steps=2, num_workers=0),
 }  # fmt: skip
 
 
@@ -104,13 +123,18 @@ TASKS: dict[str, dict[str, Any]] = {
 
 
 def new_task(
-    name: str, args: argparse.Namespace, output_stride: int | None, peak: bool = False
+    name: str,
+    args: argparse.Namespace,
+    output_stride: int | None,
+    peak: bool = False,
+    lattice: float = 0.0,
 ) -> CenterNetTask:
     """A task of ``name`` with the benchmark's settings (random weights)."""
     spec = TASKS[name]
     return spec["task"][peak](
         backbone=args.backbone, pretrained=False, output_stride=output_stride, head_channels=64,
-        lr=args.lr, scheduler="cosine", warmup_steps=args.warmup, **spec["kwargs"],
+        lr=args.lr, scheduler="cosine", warmup_steps=args.warmup,
+        lattice_loss_weight=lattice, **spec["kwargs"],
     )  # fmt: skip
 
 
@@ -125,12 +149,12 @@ def new_data(name: str, args: argparse.Namespace, seed: int) -> Any:
     """The synthetic data; its seed follows the run seed (train and test images change)."""
     return TASKS[name]["data"](
         image_size=args.image_size, num_train=16384, num_val=2, num_test=args.num_test,
-        batch_size=args.batch_size, num_workers=0, seed=seed,
+        batch_size=args.batch_size, num_workers=args.num_workers, seed=seed,
     )  # fmt: skip
 
 
 def time_ratio(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Training time per step, dense / original, on one batch (interleaved rounds)."""
+    """Training time per step, dense with the lattice term / original, on one batch."""
     data = new_data(name, args, 0)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -138,12 +162,12 @@ def time_ratio(name: str, args: argparse.Namespace, device: torch.device) -> dic
     steps = {}
     for key, os_ in (("original", None), ("dense", args.output_stride)):
         torch.manual_seed(0)
-        task = new_task(name, args, os_).to(device).train()
+        task = new_task(name, args, os_, lattice=args.lattice_weight).to(device).train()
         optimizer = torch.optim.AdamW(task.parameters(), lr=args.lr)
 
         def step(task: Any = task, optimizer: Any = optimizer) -> None:
             optimizer.zero_grad()
-            task.compute_loss(task(batch["image"]), batch).backward()
+            task.step_loss(batch).total.backward()
             optimizer.step()
 
         steps[key] = step
@@ -259,26 +283,37 @@ def test_cost(tasks: dict[str, Any], images: Tensor, args: argparse.Namespace) -
 
 def arms_of(args: argparse.Namespace) -> tuple[str, ...]:
     """The arms this run trains and scores."""
-    return tuple(arm for arm in ARMS if args.a_long or arm != "a_long")
+    skip = set() if args.a_long else {"a_long"}
+    skip |= set() if args.peak else {"b_peak", "c_peak"}
+    return tuple(arm for arm in ARMS if arm not in skip)
 
 
-def run_seed(name: str, args: argparse.Namespace, seed: int, a_long: int) -> dict[str, Any]:
-    """Train a, a_long, b and b_peak for one seed; export c and c_peak; score all arms."""
+def run_seed(
+    name: str, args: argparse.Namespace, seed: int, a_long: int, backbone_path: str | None
+) -> dict[str, Any]:
+    """Train the arms of one task and seed, export the dense ones, score every arm."""
     _quiet()
     cpu = time.process_time()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(seed)
     init = new_task(name, args, None)
+    if backbone_path is not None:
+        init.model.backbone.load_state_dict(torch.load(backbone_path), strict=True)
     data = new_data(name, args, seed)
     tasks, training = {}, {}
-    for arm, os_, steps, peak in (("a", None, args.steps, False), ("a_long", None, a_long, False),
-                                  ("b", args.output_stride, args.steps, False),
-                                  ("b_peak", args.output_stride, args.steps, True)):  # fmt: skip
+    dense = args.output_stride
+    for arm, os_, steps, peak, lattice in (
+        ("a", None, args.steps, False, 0.0), ("a_long", None, a_long, False, 0.0),
+        ("b", dense, args.steps, False, 0.0),
+        ("b_lattice", dense, args.steps, False, args.lattice_weight),
+        ("b_peak", dense, args.steps, True, 0.0),
+    ):  # fmt: skip
         if arm not in arms_of(args):
             continue
-        tasks[arm] = like(init, name, args, output_stride=os_, peak=peak)
+        tasks[arm] = like(init, name, args, output_stride=os_, peak=peak, lattice=lattice)
         training[arm] = fit(tasks[arm], data, steps, seed, args)
+        training[arm]["lattice_loss_weight"] = lattice
     data.setup("test")
     loader = data.test_dataloader()
     weights = resample_weights(args.num_test, args.bootstrap, torch.Generator().manual_seed(seed))
@@ -294,7 +329,12 @@ def run_seed(name: str, args: argparse.Namespace, seed: int, a_long: int) -> dic
     for task in tasks.values():
         task.eval()
     with torch.no_grad():
-        check = verify_equivalence(exports["c"], tasks["b"].model, images, check_phases=False)
+        errors = [
+            verify_equivalence(
+                exports[arm], tasks[EXPORTED_FROM[arm]].model, images, check_phases=False
+            ).max_rel_error
+            for arm in exports
+        ]
         cells = {k: list(tasks[k](images[:1])["heatmap"].shape[-2:]) for k in ("a", "b")}
     return {
         "task": name,
@@ -305,7 +345,7 @@ def run_seed(name: str, args: argparse.Namespace, seed: int, a_long: int) -> dic
         "resample_max_error": max(s["resample_error"] for s in scored.values()),
         "cost": test_cost({"a": tasks["a"], "b": tasks["b"]}, images, args),
         "cells": cells,
-        "export_max_rel_error": check.max_rel_error,
+        "export_max_rel_error": max(errors),
         "cpu_s": time.process_time() - cpu,
     }
 
@@ -353,16 +393,30 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel processes")
     p.add_argument("--output-stride", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lattice-weight", type=float, default=1.0, help="b_lattice's weight")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="synthetic pretraining steps of the backbone; 0: random weights",
+    )
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
+    p.add_argument(
+        "--peak",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the peak-cell ablation too (default: quick and cuda yes)",
+    )
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates")
     p.add_argument("--cost-batch", type=int, default=8)
     p.add_argument(
         "--a-long",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="train the equal-compute baseline too (default: quick yes, cpu no)",
+        help="train the equal-compute baseline too (default yes)",
     )
     args = p.parse_args(argv)
-    args.profile = "quick" if args.quick else "cpu"
+    args.profile = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -376,7 +430,8 @@ def _payload(name: str, args: argparse.Namespace, record: dict, extra: dict,
              runs: list[dict]) -> dict[str, Any]:  # fmt: skip
     settings = {key: getattr(args, key) for key in (
         "profile", "backbone", "image_size", "batch_size", "steps", "seeds", "num_test",
-        "output_stride", "lr", "warmup", "bootstrap", "jobs", "threads", "a_long")}  # fmt: skip
+        "output_stride", "lr", "warmup", "bootstrap", "jobs", "threads", "a_long", "peak",
+        "lattice_weight", "pretrain_steps")}  # fmt: skip
     record = {**record, "load_average_now": list(os.getloadavg())}
     kept = [{k: v for k, v in r.items() if k != "replicates"} for r in runs]
     payload = {"benchmark": "accuracy_centernet", "task": name, "machine": record,
@@ -395,10 +450,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     record = C.machine(device, args)
     wall, cpu = time.perf_counter(), time.process_time()
     extra, runs = {}, {name: [] for name in args.tasks}
+    # The backbone start every task shares: the segmentation benchmark's synthetic pretraining
+    # (the same backbone, size and steps give the same weights).
+    backbone, pretraining = synthetic_start(args, segmentation_task, fit)
     for name in args.tasks:
         ratio = time_ratio(name, args, device)
         a_long = max(args.steps, round(args.steps * ratio["ratio"]))
-        extra[name] = {"time_ratio": ratio, "a_long_steps": a_long}
+        extra[name] = {"time_ratio": ratio, "a_long_steps": a_long, "pretraining": pretraining}
     payloads: dict[str, dict[str, Any]] = {}
 
     def save(name: str) -> None:
@@ -409,18 +467,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         C.write(args.out, TASKS[name]["stem"], payloads[name], markdown(payloads[name]))
 
     jobs = [(name, seed) for seed in args.seeds for name in args.tasks]
-    if args.jobs > 1:
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            pending = [pool.submit(run_seed, n, args, s, extra[n]["a_long_steps"]) for n, s in jobs]
-            for done in futures.as_completed(pending):
-                result = done.result()
-                runs[result["task"]].append(result)
-                save(result["task"])
-    else:
-        for name, seed in jobs:
-            runs[name].append(run_seed(name, args, seed, extra[name]["a_long_steps"]))
-            save(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = None
+        if backbone is not None:
+            path = str(Path(tmp) / "backbone.pt")
+            torch.save(backbone, path)
+        calls = [(n, args, s, extra[n]["a_long_steps"], path) for n, s in jobs]
+        if args.jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+                pending = [pool.submit(run_seed, *call) for call in calls]
+                for done in futures.as_completed(pending):
+                    result = done.result()
+                    runs[result["task"]].append(result)
+                    save(result["task"])
+        else:
+            for call in calls:
+                runs[call[0]].append(run_seed(*call))
+                save(call[0])
     for name in args.tasks:  # the final record: every task's file carries the whole run's time
         save(name)
     return payloads

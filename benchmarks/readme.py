@@ -84,25 +84,34 @@ def speed_section(payload: dict[str, Any], link: str, title: str) -> list[str]:
 
 
 def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:
-    """Arms' mIoU and the verdict of every claim."""
+    """Arms' mIoU and the verdict of every claim (c-lattice's first), for one start."""
     from benchmarks._accuracy_report import CLAIMS, LABELS
 
     s = payload["settings"]
+    start = payload.get("start", "synthetic")
     lines = [
-        f"**Accuracy** ([{link}.md](results/{link}.md); {_when(payload)}; {s['backbone']}, "
-        f"{s['image_size']} px, {len(payload['runs'])} of {len(s['seeds'])} seeds"
+        f"**Accuracy, segmentation, {start} start** ([{link}.md](results/{link}.md); "
+        f"{_when(payload)}; {s['backbone']}, {s['image_size']} px, {s['steps']} steps, "
+        f"{len(payload['runs'])} of {len(s['seeds'])} seeds"
         + ("" if payload.get("complete") else ", **incomplete run**") + "):",
         "",
     ]  # fmt: skip
     if "summary" not in payload:
         return [*lines, "- no seed finished", ""]
     arms = payload["summary"]["arms"]
-    names = {a: LABELS[a].split(" ")[0].rstrip(":") for a in LABELS}
+    names = {a: LABELS[a].split(" ")[0].rstrip(":") for a in LABELS if a in arms}
     lines.append(
-        "- mIoU: " + ", ".join(f"{names[a]} {arms[a]['miou']['mean']:.3f}" for a in LABELS)
+        "- mIoU: " + ", ".join(f"{n} {arms[a]['miou']['mean']:.3f}" for a, n in names.items())
     )
+    if s.get("alt_lattice_weight") is not None:
+        lines.append(
+            f"- lattice_loss_weight: {s['lattice_weight']:g} in (b-lattice), "
+            f"{s['alt_lattice_weight']:g} in (b-lattice-alt)"
+        )
     for key, claim in CLAIMS.items():
-        c = payload["summary"]["comparisons"][key]
+        c = payload["summary"]["comparisons"].get(key)
+        if c is None:
+            continue
         lo, hi = c["miou"]["ci_images"]
         lines.append(
             f"- {claim}: {c['verdict']} (Δ mIoU {c['miou']['diff']:+.3f}, 95% CI "
@@ -125,11 +134,13 @@ def centernet_section(payload: dict[str, Any], link: str) -> list[str]:
     metric = summary["metric"]
     arms = summary["arms"]
     lines.append(f"- {metric}: " + ", ".join(f"{a} {arms[a][metric]['mean']:.3f}" for a in arms))
+    from benchmarks._centernet_report import CLAIMS
+
     for key, c in summary["comparisons"].items():
         lo, hi = c[metric]["ci_images"]
         lines.append(
-            f"- {key}: {c['verdict']} (Δ {metric} {c[metric]['diff']:+.3f}, 95% CI "
-            f"[{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{len(summary['seeds'])})"
+            f"- {CLAIMS.get(key, key)}: {c['verdict']} (Δ {metric} {c[metric]['diff']:+.3f}, "
+            f"95% CI [{lo:+.3f}, {hi:+.3f}], seeds won {c['seeds_won']}/{len(summary['seeds'])})"
         )
     return [*lines, ""]
 
@@ -188,7 +199,9 @@ def render(results: Path) -> str:
         ("gpu_speed_b16", speed_section, ("Speed, GPU, batch 16",)),
         ("gpu_speed_b1", speed_section, ("Speed, GPU, batch 1",)),
         ("accuracy_segmentation", accuracy_section, ()),
+        ("accuracy_segmentation_imagenet", accuracy_section, ()),
         ("accuracy_segmentation_gpu", accuracy_section, ()),
+        ("accuracy_segmentation_imagenet_gpu", accuracy_section, ()),
         ("accuracy_detection", centernet_section, ()),
         ("accuracy_keypoints", centernet_section, ()),
         ("accuracy_image", image_section, ()),

@@ -45,6 +45,11 @@ def test_quick_report(quick, task):
         assert set(run["metrics"]) == set(bench.ARMS)
         assert run["training"]["a"]["steps"] == run["training"]["b"]["steps"]
         assert run["training"]["b_peak"]["steps"] == settings["steps"]
+        assert run["training"]["b_lattice"]["steps"] == settings["steps"]
+        # (b) and the ablation train without the lattice term, (b-lattice) with it.
+        assert run["training"]["b"]["lattice_loss_weight"] == 0
+        assert run["training"]["b_peak"]["lattice_loss_weight"] == 0
+        assert run["training"]["b_lattice"]["lattice_loss_weight"] == settings["lattice_weight"]
         assert run["training"]["a_long"]["steps"] == payload["a_long_steps"]
         # The exports equal the dense networks on the lattice; the resampling reproduces the
         # task's own metric on the whole test set.
@@ -59,7 +64,7 @@ def test_quick_report(quick, task):
         assert arms[arm][headline]["per_seed"] == per_seed
         assert arms[arm][headline]["mean"] == pytest.approx(sum(per_seed) / len(per_seed))
     comparisons = payload["summary"]["comparisons"]
-    assert set(comparisons) == {"c-a", "c-c_peak", "c-a_long", "b-a"}
+    assert set(comparisons) == {f"{x}-{y}" for x, y in bench.COMPARISONS}
     for key, c in comparisons.items():
         first, second = key.split("-", 1)
         low, high = c[headline]["ci_images"]

