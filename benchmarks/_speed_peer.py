@@ -37,7 +37,8 @@ def build_peer(
             name, pretrained=False, num_classes=0, global_pool="", output_stride=output_stride
         )
     except (AssertionError, TypeError, ValueError, NotImplementedError) as exc:
-        return None, f"timm's {name} takes no output_stride={output_stride} ({exc or 'assert'})"
+        why = str(exc) or f"{type(exc).__name__} in its constructor"
+        return None, f"timm's {name} takes no output_stride={output_stride} ({why})"
     peer.load_state_dict(original.state_dict(), strict=True)
     peer = peer.eval().to(device)
     x = torch.zeros(1, 3, 64, 64, device=device)

@@ -74,13 +74,52 @@ def speed_section(payload: dict[str, Any], link: str, title: str) -> list[str]:
     ]
     if shuffle:
         lines.append(
-            f"- phase regions (SE and other position-mixing modules run per phase): the "
-            f"reshuffles add {100 * min(shuffle):+.0f}% to {100 * max(shuffle):+.0f}% to the "
-            "dense time"
+            f"- phase regions (SE and other position-mixing modules run per phase): "
+            f"exactness adds {100 * min(shuffle):+.0f}% to {100 * max(shuffle):+.0f}% to the "
+            "time of the dense model without them"
         )
     if refused:
         lines.append(f"- not convertible exactly with this core: {', '.join(refused)}")
-    return [*lines, ""]
+    return [*lines, "", *peer_table(rows)]
+
+
+def peer_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Ours / timm's dilated model per model: inference, training step, memory, errors."""
+    from benchmarks._common import table
+    from benchmarks._speed_report import region_cost
+
+    body = []
+    for r in rows:
+        p = r.get("peer")
+        cost = ""
+        if r.get("regions"):
+            now, split = region_cost(r)
+            cost = f"{100 * now:+.0f}%" + ("" if split is None else f" ({100 * split:+.0f}%)")
+        if p is None:
+            body.append([r["model"], r["output_stride"], "no peer", "", "", "", cost])
+            continue
+        mem = p["peak_memory_bytes"]["ours"] / p["peak_memory_bytes"]["timm"]
+        tmem = p["train_peak_memory_bytes"]["ours"] / p["train_peak_memory_bytes"]["timm"]
+        err = p["lattice_max_rel_error"]
+        body.append([
+            r["model"], r["output_stride"], f"{p['inference']['ratio']:.2f}",
+            f"{p['train']['ratio']:.2f}", f"{mem:.2f} / {tmem:.2f}",
+            f"{err['ours']:.0e} / {err['timm']:.0e}", cost,
+        ])  # fmt: skip
+    if not any(r.get("peer") for r in rows):
+        return []
+    return [
+        "Ours / timm's own dilated model (`output_stride`), median of paired interleaved "
+        "rounds; memory for inference / training step; lattice error ours / timm; region "
+        "cost: what exactness adds over the dilated model without regions (with every gate "
+        "split into phases instead, in brackets):",
+        "",
+        table(
+            ["model", "OS", "inference", "train step", "memory", "lattice error", "region cost"],
+            body,
+        ),
+        "",
+    ]
 
 
 def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:

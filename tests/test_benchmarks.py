@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # benchmarks/ is a top-level folder of the repository, not part of the installed package;
 # `python -m pytest` finds it through the working directory, a bare `pytest` through this.
@@ -41,6 +42,26 @@ def test_speed_quick(tmp_path):
     assert max(row["path_max_rel_error"].values()) < 1e-4
     for key in ("stitch_efficiency", "dense_auto_overhead", "exported_over_original_time"):
         assert row["derived"][key] > 0
+    # The peer: timm's dilated model, side by side.
+    peer = row["peer"]
+    assert peer["inference"]["ratio"] > 0 and peer["train"]["ratio"] > 0
+    assert peer["lattice_max_rel_error"]["ours"] < 1e-4
+    assert min(peer["peak_memory_bytes"].values()) > 0
+    assert "## 5. Ours against timm's dilated model" in (tmp_path / "speed.md").read_text()
+
+
+def test_speed_peer_missing_is_said():
+    from benchmarks._speed_peer import build_peer
+
+    original = speed.build("dla34", torch.device("cpu"))
+    peer, why = build_peer("dla34", 8, original, torch.device("cpu"))
+    assert peer is None and "output_stride=8" in why
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_speed_cuda_without_gpu_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        speed.main(["--quick", "--device", "cuda", "--out", str(tmp_path)])
 
 
 def test_accuracy_quick(tmp_path):
