@@ -295,7 +295,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     rows = [r for r in payload["rows"] if "refused" not in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     names = sorted({r["model"] for r in rows})
-    style = {n: (m, f"C{i}") for i, (n, m) in enumerate(zip(names, "osD^vP*", strict=False))}
+    style = {n: ("osD^vP*Xh<>"[i % 11], f"C{i % 10}") for i, n in enumerate(names)}
     for row in rows:
         d, (marker, color) = row["derived"], style[row["model"]]
         points = (
