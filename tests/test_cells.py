@@ -164,3 +164,11 @@ def test_dense_model_has_original_offset(name, offset):
     g = cell_geometry(original)
     assert g == CellGeometry(stride=(32, 32), offset=(offset, offset))
     assert cell_geometry(dense) == g.with_stride(8)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnety_002"])
+def test_squeeze_excitation_gates_on_the_dense_map_keep_the_trace_local(name):
+    # Their dense gates reduce a [N, C, H/k, k, W/k, k] phase view over axes 2 and 4: a NaN read
+    # there must count as a spatial reduction, or it reaches every cell of its phase.
+    original, dense = _timm_dense_pair(name, 8)
+    assert cell_geometry(dense) == cell_geometry(original).with_stride(8)

@@ -205,20 +205,24 @@ class _NanSafeGlobalPooling(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _SPATIAL_REDUCTIONS and args and isinstance(args[0], Tensor):
             x = args[0]
-            if x.dim() == 4 and _reduces_space(func, args, kwargs):
+            if x.dim() >= 4 and _reduces_space(func, args, kwargs):
                 args = (torch.nan_to_num(x, nan=0.0), *args[1:])
         return func(*args, **kwargs)
 
 
 def _reduces_space(func: Callable[..., Any], args: tuple, kwargs: dict) -> bool:
-    """Whether a call in ``_SPATIAL_REDUCTIONS`` mixes positions of a ``[B, C, H, W]`` input."""
+    """Whether a call in ``_SPATIAL_REDUCTIONS`` mixes positions of a ``[B, C, ...]`` input.
+
+    Every axis after batch and channel is spatial: ``[B, C, H, W]``, and the phase view
+    ``[B, C, H/sh, sh, W/sw, sw]`` that per-phase statistics reduce over axes 2 and 4.
+    """
     if func in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         return True
     dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
     if dims is None:
         return True
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    return any(d % 4 in (2, 3) for d in dims)
+    return any(d % args[0].dim() >= 2 for d in dims)
 
 
 def _outputs(model: nn.Module, method: str, x: Tensor) -> list[Tensor]:
