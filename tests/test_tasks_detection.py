@@ -168,7 +168,11 @@ def test_coco_config_refuses_wrong_num_classes(run_cli, tmp_path, capsys):
 def test_a_few_dozen_steps_beat_the_untrained_model(tmp_path):
     seed_everything(0)
     dm = SyntheticDetectionDataModule(num_train=40 * 16, num_val=32, batch_size=16)
-    task = ObjectDetectionTask(backbone="resnet18", output_stride=8, lr=3e-3, warmup_steps=5)
+    # The dense model's own learning: the lattice term trades dense accuracy for the
+    # export's and slows this short run down (benchmarks/README.md measures both).
+    task = ObjectDetectionTask(
+        backbone="resnet18", output_stride=8, lr=3e-3, warmup_steps=5, lattice_loss_weight=0.0
+    )
     dm.setup("fit")
     before = task.evaluate(dm.val_dataloader())
     trainer = Trainer(
