@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks import _common as C
+from benchmarks._hand_dilated import hand_dilated
 
 # Models timed after torch.compile too (compiling is minutes on a CPU: a few suffice).
 COMPILE_MODELS = ("resnet18", "efficientnet_b0")
@@ -47,6 +48,19 @@ def build_peer(
     if side != 64 // output_stride:
         return None, f"timm's {name} ignores output_stride={output_stride} (side {side} at 64 px)"
     return peer, None
+
+
+def build_hand_peer(
+    original: nn.Module, output_stride: int, device: torch.device
+) -> tuple[nn.Module | None, str | None]:
+    """The peer where timm has none: ``original`` dilated by hand with plain modules."""
+    try:
+        peer = hand_dilated(original.cpu(), output_stride)
+    except ValueError as exc:
+        return None, f"no hand-dilated peer either: {exc}"
+    finally:
+        original.to(device)
+    return peer.eval().to(device), None
 
 
 def lattice_error(original: nn.Module, model: nn.Module, k: int, x: torch.Tensor) -> float:
@@ -94,11 +108,11 @@ def measure_peer(
     args: Any,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Ours (``dilated`` path, as ``to_dense`` returns it) against timm's dilated model."""
+    """Ours (``dilated`` path, as ``to_dense`` returns it) against the peer dilated model."""
     torch.manual_seed(2)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     xt = torch.randn(args.train_batch, 3, args.size, args.size, device=device)
-    models = {"ours": ours, "timm": peer}
+    models = {"ours": ours, "peer": peer}
     trained = {key: copy.deepcopy(m).train() for key, m in models.items()}
     infer = {key: (lambda m=m: m.forward_features(x)) for key, m in models.items()}
     steps = {key: train_step(m, xt) for key, m in trained.items()}
@@ -127,7 +141,7 @@ def measure_compiled(
     torch._dynamo.reset()
     explained = torch._dynamo.explain(ours.forward_features)(x)
     compiled, seconds = {}, {}
-    for key, model in (("ours", ours), ("timm", peer)):
+    for key, model in (("ours", ours), ("peer", peer)):
         fn = torch.compile(model.forward_features)
         start = time.perf_counter()
         with torch.no_grad():

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+from torch import nn
 
 # benchmarks/ is a top-level folder of the repository, not part of the installed package;
 # `python -m pytest` finds it through the working directory, a bare `pytest` through this.
@@ -47,7 +49,7 @@ def test_speed_quick(tmp_path):
     assert peer["inference"]["ratio"] > 0 and peer["train"]["ratio"] > 0
     assert peer["lattice_max_rel_error"]["ours"] < 1e-4
     assert min(peer["peak_memory_bytes"].values()) > 0
-    assert "## 5. Ours against timm's dilated model" in (tmp_path / "speed.md").read_text()
+    assert "## 5. Ours against the peer dilated model" in (tmp_path / "speed.md").read_text()
 
 
 def test_speed_peer_missing_is_said():
@@ -56,6 +58,39 @@ def test_speed_peer_missing_is_said():
     original = speed.build("dla34", torch.device("cpu"))
     peer, why = build_peer("dla34", 8, original, torch.device("cpu"))
     assert peer is None and "output_stride=8" in why
+
+
+@pytest.mark.parametrize(("name", "output_stride"), [("dla34", 8), ("dla34", 16), ("convnext_atto", 8)])
+def test_hand_dilated_peer_is_plain_and_exact_on_the_lattice(name, output_stride):
+    from benchmarks._hand_dilated import hand_dilated
+    from benchmarks._speed_peer import lattice_error
+
+    torch.manual_seed(0)
+    original = timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
+    peer = hand_dilated(original, output_stride).eval()
+    x = torch.randn(1, 3, 96, 96)
+    assert peer.forward_features(x).shape[-1] == 96 // output_stride
+    # DLA's 2x2 max-pool downsample is padded after the input: exact, border included.
+    assert lattice_error(original, peer, 32 // output_stride, x) < 1e-5
+    # Plain torch modules only, and the original is left as it was.
+    assert all(type(m).__module__.startswith(("torch.", "timm.")) for m in peer.modules())
+    assert original.forward_features(x).shape[-1] == 3
+
+
+def test_hand_dilated_refuses_what_its_rule_does_not_cover():
+    from benchmarks._hand_dilated import hand_dilated
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, 2, 1)
+            self.b = nn.Conv2d(4, 4, 3, 2, 0)  # not "same" padding: dilating it shifts the map
+
+        def forward_features(self, x):
+            return self.b(self.a(x))
+
+    with pytest.raises(ValueError, match="b: padding"):
+        hand_dilated(Net(), 2)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
