@@ -60,7 +60,9 @@ def test_speed_peer_missing_is_said():
     assert peer is None and "output_stride=8" in why
 
 
-@pytest.mark.parametrize(("name", "output_stride"), [("dla34", 8), ("dla34", 16), ("convnext_atto", 8)])
+@pytest.mark.parametrize(
+    ("name", "output_stride"), [("dla34", 8), ("dla34", 16), ("convnext_atto", 8)]
+)
 def test_hand_dilated_peer_is_plain_and_exact_on_the_lattice(name, output_stride):
     from benchmarks._hand_dilated import hand_dilated
     from benchmarks._speed_peer import lattice_error
