@@ -6,10 +6,11 @@ mean, optionally mixed with the spatial max), turns it into a gate per channel a
 position by it. In a required phase region it runs on each phase of its input: split, gate,
 interleave, two copies of the whole map per block. The same numbers come straight from the
 dense map. Its view ``[N, C, H/sh, sh, W/sw, sw]`` holds phase ``(a, b)`` at ``[:, :, :, a, :,
-b]``, so the per-phase statistics are a reduction over dims 2 and 4, the gate network runs on
-the ``sh*sw*N`` statistics in the phase-major batch order of the phase layout (a batch norm
-inside the gate sees the same elements), and the gates scale the view by broadcasting. Only the
-gate's input and output (one value per channel and phase) are reordered.
+b]``, so the per-phase statistics are a reduction over dims 2 and 4 (taken rows first, so each
+pass over the map is contiguous), the gate network runs on the ``sh*sw*N`` statistics in the
+phase-major batch order of the phase layout (a batch norm inside the gate sees the same
+elements), and the gates, spread into one row per phase row, scale the map by broadcasting.
+Only the gate's input and output (one value per channel and phase) are reordered.
 
 Only these exact classes are recognised: a subclass may compute its gate differently.
 """
@@ -19,12 +20,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["channel_gate", "gate_on_dense_map"]
 
 Step = tuple[int, int]
 Lazy = Callable[[], torch.Tensor]  # the per-phase max, computed only for gates that read it
+
+
+def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A gate layer on ``[B, C, 1, 1]`` statistics; a plain 1x1 convolution runs as a matmul.
+
+    On the CPU a 1x1 convolution over a batch of 1x1 maps costs about twice the same product as
+    ``linear`` (per-sample convolution set-up), and the per-phase gate runs on ``k*k`` times the
+    batch. The numbers are the same; anything else (grouped, padded, hooked, subclassed) runs as
+    the module.
+    """
+    if (
+        type(layer) is nn.Conv2d
+        and layer.kernel_size == (1, 1)
+        and layer.groups == 1
+        and layer.padding == (0, 0)
+        and not (layer._forward_hooks or layer._forward_pre_hooks)
+    ):
+        return F.linear(x.flatten(1), layer.weight.flatten(1), layer.bias)[..., None, None]
+    return layer(x)
 
 
 def _pooled(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
@@ -34,16 +55,17 @@ def _pooled(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
 
 
 def _se_module(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
-    x_se = module.fc1(_pooled(module, mean, amax))
-    return module.gate(module.fc2(module.act(module.bn(x_se))))
+    x_se = _pointwise(module.fc1, _pooled(module, mean, amax))
+    return module.gate(_pointwise(module.fc2, module.act(module.bn(x_se))))
 
 
 def _effective_se(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
-    return module.gate(module.fc(_pooled(module, mean, amax)))
+    return module.gate(_pointwise(module.fc, _pooled(module, mean, amax)))
 
 
 def _efficientnet_se(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
-    return module.gate(module.conv_expand(module.act1(module.conv_reduce(mean))))
+    x_se = module.act1(_pointwise(module.conv_reduce, mean))
+    return module.gate(_pointwise(module.conv_expand, x_se))
 
 
 def _eca(module: nn.Module, mean: torch.Tensor, amax: Lazy) -> torch.Tensor:
@@ -95,12 +117,20 @@ def gate_on_dense_map(
         The output in the layout of ``x``: each phase scaled by its own gate.
     """
     (sh, sw), (n, c, h, w) = step, x.shape
-    view = x.view(n, c, h // sh, sh, w // sw, sw)
-    mean = view.mean((2, 4))  # [N, C, sh, sw]: one mean per channel and phase
+    # Rows first: reducing the contiguous row dimension before the strided column one, and
+    # scaling by a gate row that spans W, keeps every pass over the map contiguous (a 6-d view
+    # reduced and broadcast over dims 2 and 4 walks it with stride sw, several times slower).
+    rows = x.view(n, c, h // sh, sh, w)
+    mean = rows.mean(2).view(n, c, sh, w // sw, sw).mean(3)  # [N, C, sh, sw]: per phase
 
     def phase_major(stat: torch.Tensor) -> torch.Tensor:
         return stat.permute(2, 3, 0, 1).reshape(sh * sw * n, c, 1, 1)
 
-    gates = gate(module, phase_major(mean), lambda: phase_major(view.amax((2, 4))))
+    def amax() -> torch.Tensor:
+        return phase_major(rows.amax(2).view(n, c, sh, w // sw, sw).amax(3))
+
+    gates = gate(module, phase_major(mean), amax)
     per_cell = gates.reshape(sh, sw, n, c).permute(2, 3, 0, 1)  # [N, C, sh, sw]
-    return (view * per_cell[:, :, None, :, None, :]).reshape(n, c, h, w)
+    # The gate of every position of a row of phase a: per_cell[..., a, j % sw] along W.
+    row_gate = per_cell[:, :, :, None, :].expand(n, c, sh, w // sw, sw).reshape(n, c, 1, sh, w)
+    return (rows * row_gate).view(n, c, h, w)

@@ -66,6 +66,21 @@ def test_gate_statistics_keep_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_gate_layers_with_hooks_still_run_as_modules():
+    # The gate's 1x1 convolutions run as a matmul, except where a hook (a user's, quantisation,
+    # pruning masks) expects the module to be called.
+    torch.manual_seed(0)
+    module = SEModule(12, rd_channels=4)
+    calls = []
+    module.fc2.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    x = torch.randn(2, 12, 8, 8)
+    expected = batch_to_space(module(space_to_batch(x, (2, 2))), (2, 2))
+    calls.clear()
+    got = gate_on_dense_map(module, channel_gate(module), x, (2, 2))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert calls == [torch.Size([8, 12, 1, 1])]
+
+
 def test_subclass_of_a_gate_is_not_recognised():
     class Custom(SEModule):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
