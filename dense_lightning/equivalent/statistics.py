@@ -9,8 +9,9 @@ dense map. Its view ``[N, C, H/sh, sh, W/sw, sw]`` holds phase ``(a, b)`` at ``[
 b]``, so the per-phase statistics are a reduction over dims 2 and 4 (taken rows first, so each
 pass over the map is contiguous), the gate network runs on the ``sh*sw*N`` statistics in the
 phase-major batch order of the phase layout (a batch norm inside the gate sees the same
-elements), and the gates, spread into one row per phase row, scale the map by broadcasting.
-Only the gate's input and output (one value per channel and phase) are reordered.
+elements), and the gates, repeated along each phase row, scale the map one phase row at a time.
+Only the gate's input and output (one value per channel and phase) are reordered; the backward
+pass keeps only the input and the gates, as ``x * gate`` does.
 
 Only these exact classes are recognised: a subclass may compute its gate differently.
 """
@@ -18,10 +19,12 @@ Only these exact classes are recognised: a subclass may compute its gate differe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["channel_gate", "gate_on_dense_map"]
 
@@ -117,11 +120,11 @@ def gate_on_dense_map(
         The output in the layout of ``x``: each phase scaled by its own gate.
     """
     (sh, sw), (n, c, h, w) = step, x.shape
-    # Rows first: reducing the contiguous row dimension before the strided column one, and
-    # scaling by a gate row that spans W, keeps every pass over the map contiguous (a 6-d view
-    # reduced and broadcast over dims 2 and 4 walks it with stride sw, several times slower).
+    # Rows first: reducing the contiguous row dimension before the strided column one keeps
+    # every pass over the map contiguous (a 6-d view reduced over dims 2 and 4 walks it with
+    # stride sw, several times slower).
     rows = x.view(n, c, h // sh, sh, w)
-    mean = rows.mean(2).view(n, c, sh, w // sw, sw).mean(3)  # [N, C, sh, sw]: per phase
+    mean = _phase_sum(x, step) / ((h // sh) * (w // sw))  # [N, C, sh, sw]: per phase
 
     def phase_major(stat: torch.Tensor) -> torch.Tensor:
         return stat.permute(2, 3, 0, 1).reshape(sh * sw * n, c, 1, 1)
@@ -131,6 +134,57 @@ def gate_on_dense_map(
 
     gates = gate(module, phase_major(mean), amax)
     per_cell = gates.reshape(sh, sw, n, c).permute(2, 3, 0, 1)  # [N, C, sh, sw]
-    # The gate of every position of a row of phase a: per_cell[..., a, j % sw] along W.
+    if torch.compiler.is_compiling():  # a compiler fuses the broadcast into one pass
+        view = x.view(n, c, h // sh, sh, w // sw, sw)
+        return (view * per_cell[:, :, None, :, None, :]).view(n, c, h, w)
+    if torch.is_grad_enabled() and (x.requires_grad or per_cell.requires_grad):
+        return _PhaseScale.apply(x, per_cell)
+    return _scaled(x, per_cell)
+
+
+def _scaled(x: torch.Tensor, per_cell: torch.Tensor) -> torch.Tensor:
+    """``x`` with each phase scaled by its gate ``per_cell[N, C, sh, sw]``.
+
+    Row ``a`` of every ``sh`` rows is scaled by its gates repeated along ``W`` (``per_cell[...,
+    a, j % sw]`` at column ``j``), so the product is one contiguous pass over the map; the
+    repeated gates are ``sh/H`` of its size. A 6-d broadcast over the phase view walks the map
+    with stride ``sw`` (several times slower), and a loop over phase rows costs more calls than
+    the repeated gates save.
+    """
+    (n, c, h, w), (sh, sw) = x.shape, per_cell.shape[2:]
     row_gate = per_cell[:, :, :, None, :].expand(n, c, sh, w // sw, sw).reshape(n, c, 1, sh, w)
-    return (rows * row_gate).view(n, c, h, w)
+    # Written through a view of its own output: the result is not a view, so the in-place
+    # residual sums after a gate are allowed on it.
+    out = torch.empty(x.shape, dtype=torch.result_type(x, per_cell), device=x.device)
+    torch.mul(x.view(n, c, h // sh, sh, w), row_gate, out=out.view(n, c, h // sh, sh, w))
+    return out
+
+
+def _phase_sum(x: torch.Tensor, step: Step) -> torch.Tensor:
+    """The sum of ``x`` over each phase: ``[N, C, sh, sw]``, rows first (contiguous passes)."""
+    (sh, sw), (n, c, h, w) = step, x.shape
+    return x.view(n, c, h // sh, sh, w).sum(2).view(n, c, sh, w // sw, sw).sum(3)
+
+
+class _PhaseScale(torch.autograd.Function):
+    """:func:`_scaled` with a backward that keeps only ``x`` and the gates.
+
+    Autograd through the repeated gate rows would keep them for the backward pass, ``sh/H`` of
+    the map per gated block, which timm's ``x * gate`` does not keep.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, per_cell: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, per_cell)
+        return _scaled(x, per_cell)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, per_cell = ctx.saved_tensors
+        grad_x = grad_gate = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _scaled(grad, per_cell).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_gate = _phase_sum(grad * x, per_cell.shape[2:]).to(per_cell.dtype)
+        return grad_x, grad_gate

@@ -66,6 +66,25 @@ def test_gate_statistics_keep_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_gated_map_takes_an_in_place_residual_sum_in_training():
+    # timm's blocks add the shortcut in place on the gated map (``x += shortcut``): the gated
+    # map must not be a view of the custom backward's output, and the gradients stay exact.
+    torch.manual_seed(0)
+    module = SEModule(12, rd_channels=4)
+    twin = copy.deepcopy(module)
+    x = torch.randn(2, 12, 8, 12, requires_grad=True)
+    shortcut = torch.randn(2, 12, 8, 12)
+    x2 = x.detach().clone().requires_grad_()
+    got = gate_on_dense_map(module, channel_gate(module), x, (2, 4))
+    got += shortcut
+    expected = batch_to_space(twin(space_to_batch(x2, (2, 4))), (2, 4)) + shortcut
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.fc1.weight.grad, twin.fc1.weight.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_gate_layers_with_hooks_still_run_as_modules():
     # The gate's 1x1 convolutions run as a matmul, except where a hook (a user's, quantisation,
     # pruning masks) expects the module to be called.
