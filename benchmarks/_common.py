@@ -164,11 +164,18 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        # An output sharing an input's storage (a view, an in-place or out= op) allocates
+        # nothing, even when the input was made before the call (the input map, a weight).
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key, nbytes = storage.data_ptr(), storage.nbytes()
-                if nbytes and key not in self.keys:
+                if nbytes and key not in self.keys and key not in inputs:
                     self.keys.add(key)
                     self.live += nbytes
                     self.peak = max(self.peak, self.live)

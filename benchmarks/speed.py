@@ -49,6 +49,7 @@ from benchmarks._speed_peer import (
     measure_peer,
 )
 from benchmarks._speed_report import markdown, plot
+from benchmarks.coverage import randomize_norms
 from dense_lightning.equivalent import (
     NotEquivalentError,
     execution_choices,
@@ -68,10 +69,15 @@ STRIDES = (8,)
 
 
 def build(name: str, device: torch.device) -> nn.Module:
-    """A timm trunk (no pooling, no head) in eval mode, random weights (no network here)."""
+    """A timm trunk (no pooling, no head) in eval mode, random weights (no network here).
+
+    Norms get random statistics and affines: timm zero-initialises the last BatchNorm of
+    residual blocks, so at initialisation every residual branch (and a squeeze-excitation gate
+    in it) adds nothing, and a wrong dilated model would look exact on the lattice.
+    """
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
-    return model.eval().to(device)
+    return randomize_norms(model).to(device)
 
 
 def field_cells(model: nn.Module, device: torch.device) -> int:

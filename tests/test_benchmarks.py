@@ -52,6 +52,24 @@ def test_speed_quick(tmp_path):
     assert "## 5. Ours against the peer dilated model" in (tmp_path / "speed.md").read_text()
 
 
+def test_peak_memory_counts_new_storage_only():
+    from benchmarks._common import peak_memory
+
+    cpu = torch.device("cpu")
+    x, w = torch.randn(4, 8, 16, 16), torch.randn(8, 8)
+    # Views of tensors made before the call (the input map, a weight) allocate nothing.
+    assert peak_memory(lambda: (x.view(4, 8, 8, 32), w.flatten(), x.mul_(1.0)), cpu) == 0
+    assert peak_memory(lambda: x * 2, cpu) == x.nbytes
+    assert peak_memory(lambda: (x * 2).view(-1)[:5], cpu) == x.nbytes
+
+
+def test_speed_models_have_live_residual_branches():
+    # Zero-initialised last norms would make every residual branch (and a wrong dilated model
+    # inside it) vanish on the lattice.
+    model = speed.build("resnet18", torch.device("cpu"))
+    assert min(model.layer1[0].bn2.weight.abs().min().item(), 1.0) >= 0.5
+
+
 def test_speed_peer_missing_is_said():
     from benchmarks._speed_peer import build_peer
 
