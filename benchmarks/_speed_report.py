@@ -257,8 +257,10 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
         "of the per-round ratios of interleaved rounds (range in the next column), CPU time of "
         f"this process. Training step: train mode, batch {train_batch}, forward, a squared-mean "
         "loss, backward. Peak memory: live tensors of one call (inference) and of one "
-        "training step. Lattice error: the output every k cells against the original "
-        "network's (timm's is wrong where something mixes positions). Bold: above 1.00.",
+        "training step (storage the call allocates). Lattice error: the output every k cells "
+        "against the original network's, in float64 (timm's is wrong where something mixes "
+        "positions). Every model has random norm statistics and affines, so no residual branch "
+        "is zero at initialisation. Bold: above 1.00.",
         "",
         table(
             [
