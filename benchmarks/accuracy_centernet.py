@@ -69,11 +69,12 @@ COMPARISONS = (("c_lattice", "a_long"), ("c_lattice", "a"), ("c_lattice", "c"),
                ("b_lattice", "b"), ("c", "a"), ("c", "a_long"), ("b", "a"),
                ("c", "c_peak"))  # fmt: skip
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 CPU cores shared with other work: resnet10t at 128 px (a 4 x 4 heatmap at stride 32,
-    # objects 26-56 px across) from the synthetic pretraining, 2 seeds, one run at a time.
-    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=120, seeds=[0, 1],
-                num_test=64, jobs=1, bootstrap=500, cost_repeats=3, a_long=True, peak=False,
-                pretrain_steps=200, num_workers=0),
+    # 2 CPU cores: resnet10t at 128 px (a 4 x 4 heatmap at stride 32, objects 26-56 px
+    # across) from the synthetic pretraining, 4 seeds, two runs at a time (about 35 CPU
+    # minutes a core for both tasks).
+    "cpu": dict(backbone="resnet10t", image_size=128, batch_size=8, steps=120,
+                seeds=[0, 1, 2, 3], num_test=64, jobs=2, bootstrap=500, cost_repeats=3,
+                a_long=True, peak=False, pretrain_steps=200, num_workers=0),
     # One GPU (not run here): resnet18 at 256 px (8 x 8 heatmap), 4 seeds, the ablation.
     "cuda": dict(backbone="resnet18", image_size=256, batch_size=16, steps=500,
                  seeds=[0, 1, 2, 3], num_test=256, jobs=1, bootstrap=1000, cost_repeats=10,
