@@ -242,6 +242,7 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
     if not body and not none:
         return []
     train_batch = next((r["peer"]["train_batch"] for r in rows if r.get("peer")), "?")
+    rounds = next((len(r["peer"]["inference"]["raw"]["ours"]) for r in rows if r.get("peer")), 0)
     met = sum(
         r["peer"]["inference"]["ratio"] <= 1 and r["peer"]["train"]["ratio"] <= 1 for r in rows
         if r.get("peer")
@@ -254,7 +255,8 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
         "modules by timm's ResNet rule, even kernels padded after the input "
         "(`benchmarks/_hand_dilated.py`; hand). Ours is "
         "`to_dense(model, OS)` as it returns (dilated path). Ratios are ours / peer: the median "
-        "of the per-round ratios of interleaved rounds (range in the next column), CPU time of "
+        f"of the per-round ratios of {rounds} interleaved rounds (range in the next column), "
+        "CPU time of "
         f"this process. Training step: train mode, batch {train_batch}, forward, a squared-mean "
         "loss, backward. Peak memory: live tensors of one call (inference) and of one "
         "training step (storage the call allocates). Lattice error: the output every k cells "

@@ -319,11 +319,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.strides = args.strides or ([8] if args.quick else list(STRIDES))
     args.size = args.size or (64 if args.quick else 224)
     args.repeats = args.repeats or (1 if args.quick else 5)
-    args.peer_repeats = args.peer_repeats or (1 if args.quick else 7)
+    args.peer_repeats = args.peer_repeats or (1 if args.quick else 15)
     if args.compile_models is None:
         args.compile_models = [] if args.quick else list(COMPILE_MODELS)
     record = C.machine(device, args)
-    record.update(batch=args.batch, size=args.size, repeats=args.repeats, models=args.models)
+    record.update(
+        batch=args.batch,
+        size=args.size,
+        repeats=args.repeats,
+        peer_repeats=args.peer_repeats,
+        models=args.models,
+    )
     rows = []
     for name in args.models:
         for output_stride in args.strides:
