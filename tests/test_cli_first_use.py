@@ -224,9 +224,12 @@ def test_evaluating_a_checkpoint_continues_its_run_folder(run_copy):
 def test_an_interrupted_fit_says_how_to_resume_and_resumes_in_its_folder(tmp_path):
     args = [*SMALL, "--data.init_args.num_train", "64", "--trainer.log_every_n_steps", "1"]
     fit = [sys.executable, "-m", "dense_lightning", "fit", "-c", str(QUICKSTART), *args]
+    # A runner started in the background without job control hands its children an ignored
+    # SIGINT (Python then installs no KeyboardInterrupt handler): give the run the default.
     process = subprocess.Popen(
         [*fit, "--trainer.max_epochs", "2"], cwd=tmp_path, env=_env(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     for line in process.stdout:  # 16 steps per epoch: the first validation is far away
         if " step 2/" in line:
