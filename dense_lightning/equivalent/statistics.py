@@ -9,7 +9,7 @@ dense map. Its view ``[N, C, H/sh, sh, W/sw, sw]`` holds phase ``(a, b)`` at ``[
 b]``, so the per-phase statistics are a reduction over dims 2 and 4 (taken rows first, so each
 pass over the map is contiguous), the gate network runs on the ``sh*sw*N`` statistics in the
 phase-major batch order of the phase layout (a batch norm inside the gate sees the same
-elements), and the gates, repeated along each phase row, scale the map one phase row at a time.
+elements), and the gates, repeated along each phase row, scale the map in one product.
 Only the gate's input and output (one value per channel and phase) are reordered; the backward
 pass keeps only the input and the gates, as ``x * gate`` does.
 
@@ -120,19 +120,12 @@ def gate_on_dense_map(
         The output in the layout of ``x``: each phase scaled by its own gate.
     """
     (sh, sw), (n, c, h, w) = step, x.shape
-    # Rows first: reducing the contiguous row dimension before the strided column one keeps
-    # every pass over the map contiguous (a 6-d view reduced over dims 2 and 4 walks it with
-    # stride sw, several times slower).
-    rows = x.view(n, c, h // sh, sh, w)
-    mean = _phase_sum(x, step) / ((h // sh) * (w // sw))  # [N, C, sh, sw]: per phase
+    mean = _per_phase(x, step, torch.sum) / ((h // sh) * (w // sw))  # [N, C, sh, sw]
 
     def phase_major(stat: torch.Tensor) -> torch.Tensor:
         return stat.permute(2, 3, 0, 1).reshape(sh * sw * n, c, 1, 1)
 
-    def amax() -> torch.Tensor:
-        return phase_major(rows.amax(2).view(n, c, sh, w // sw, sw).amax(3))
-
-    gates = gate(module, phase_major(mean), amax)
+    gates = gate(module, phase_major(mean), lambda: phase_major(_per_phase(x, step, torch.amax)))
     per_cell = gates.reshape(sh, sw, n, c).permute(2, 3, 0, 1)  # [N, C, sh, sw]
     if torch.compiler.is_compiling():  # a compiler fuses the broadcast into one pass
         view = x.view(n, c, h // sh, sh, w // sw, sw)
@@ -160,10 +153,16 @@ def _scaled(x: torch.Tensor, per_cell: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _phase_sum(x: torch.Tensor, step: Step) -> torch.Tensor:
-    """The sum of ``x`` over each phase: ``[N, C, sh, sw]``, rows first (contiguous passes)."""
+def _per_phase(x: torch.Tensor, step: Step, reduce: Callable) -> torch.Tensor:
+    """``reduce`` (``torch.sum``, ``torch.amax``) of ``x`` over each phase: ``[N, C, sh, sw]``.
+
+    Rows first: reducing the contiguous row dimension before the strided column one keeps every
+    pass over the map contiguous (a 6-d view reduced over dims 2 and 4 walks it with stride
+    ``sw``, several times slower).
+    """
     (sh, sw), (n, c, h, w) = step, x.shape
-    return x.view(n, c, h // sh, sh, w).sum(2).view(n, c, sh, w // sw, sw).sum(3)
+    rows = reduce(x.view(n, c, h // sh, sh, w), 2)
+    return reduce(rows.view(n, c, sh, w // sw, sw), 3)
 
 
 class _PhaseScale(torch.autograd.Function):
@@ -186,5 +185,5 @@ class _PhaseScale(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _scaled(grad, per_cell).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_gate = _phase_sum(grad * x, per_cell.shape[2:]).to(per_cell.dtype)
+            grad_gate = _per_phase(grad * x, per_cell.shape[2:], torch.sum).to(per_cell.dtype)
         return grad_x, grad_gate

@@ -68,7 +68,7 @@ def test_gate_statistics_keep_gradients():
 
 def test_gated_map_takes_an_in_place_residual_sum_in_training():
     # timm's blocks add the shortcut in place on the gated map (``x += shortcut``): the gated
-    # map must not be a view of the custom backward's output, and the gradients stay exact.
+    # map must not be a view made inside the custom autograd function; gradients stay exact.
     torch.manual_seed(0)
     module = SEModule(12, rd_channels=4)
     twin = copy.deepcopy(module)
