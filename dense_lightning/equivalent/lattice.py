@@ -125,8 +125,14 @@ class AxisGeometry:
 
     @property
     def dense_dilation(self) -> int:
-        """Dilation of the dense layer: the original dilation times the input step."""
-        return self.dilation * self.in_step
+        """Dilation of the dense layer: the original dilation times the input step.
+
+        A kernel of size 1 has no holes to spread, so its dilation is 1 whatever the step: the
+        same numbers, and backends pick their kernels by it (PyTorch's CPU convolution sends a
+        single-threaded 1x1 conv with dilation above 1 to oneDNN, one of dilation 1 to its own
+        pointwise kernel), so the dense layer runs the kernel a dilated peer runs.
+        """
+        return 1 if self.kernel == 1 else self.dilation * self.in_step
 
     def original_padding(self, n: int) -> tuple[int, int]:
         """Original ``(lead, trail)`` padding for an original input of length ``n``."""

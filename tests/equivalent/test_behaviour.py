@@ -152,9 +152,13 @@ def test_layers_keep_state_dict_and_restore(make_model):
     assert {EConv2d, EMaxPool2d, EAvgPool2d} <= kinds
     for key, value in model.state_dict().items():
         assert dense.state_dict()[key].shape == value.shape
-    conv = next(m for m in dense.modules() if isinstance(m, EConv2d) and m.geometry.in_step[0] > 1)
+    stepped = [m for m in dense.modules() if isinstance(m, EConv2d) and m.geometry.in_step[0] > 1]
+    conv = next(m for m in stepped if m.kernel_size[0] > 1)
     original = conv.dense_state.original_config
     assert conv.dilation[0] == conv.geometry.in_step[0] * original["dilation"][0]
+    # A 1x1 kernel has no holes: it keeps dilation 1, as a dilated peer's 1x1 convs do.
+    assert all(m.dilation == (1, 1) for m in stepped if m.kernel_size == (1, 1))
+    assert any(m.kernel_size == (1, 1) for m in stepped)
     assert "dense_dilation" in repr(conv)
     restored = conv.restore()
     assert type(restored) is nn.Conv2d
