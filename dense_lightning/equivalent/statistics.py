@@ -120,12 +120,15 @@ def gate_on_dense_map(
         The output in the layout of ``x``: each phase scaled by its own gate.
     """
     (sh, sw), (n, c, h, w) = step, x.shape
-    mean = _per_phase(x, step, torch.sum) / ((h // sh) * (w // sw))  # [N, C, sh, sw]
 
     def phase_major(stat: torch.Tensor) -> torch.Tensor:
         return stat.permute(2, 3, 0, 1).reshape(sh * sw * n, c, 1, 1)
 
-    gates = gate(module, phase_major(mean), lambda: phase_major(_per_phase(x, step, torch.amax)))
+    # The per-phase means ([N, C, sh, sw]) are not kept past the gate: they would be live
+    # next to the map and its scaled copy.
+    mean = phase_major(_per_phase(x, step, torch.sum)) / ((h // sh) * (w // sw))
+    gates = gate(module, mean, lambda: phase_major(_per_phase(x, step, torch.amax)))
+    del mean
     per_cell = gates.reshape(sh, sw, n, c).permute(2, 3, 0, 1)  # [N, C, sh, sw]
     if torch.compiler.is_compiling():  # a compiler fuses the broadcast into one pass
         view = x.view(n, c, h // sh, sh, w // sw, sw)
@@ -139,18 +142,30 @@ def _scaled(x: torch.Tensor, per_cell: torch.Tensor) -> torch.Tensor:
     """``x`` with each phase scaled by its gate ``per_cell[N, C, sh, sw]``.
 
     Row ``a`` of every ``sh`` rows is scaled by its gates repeated along ``W`` (``per_cell[...,
-    a, j % sw]`` at column ``j``), so the product is one contiguous pass over the map; the
-    repeated gates are ``sh/H`` of its size. A 6-d broadcast over the phase view walks the map
-    with stride ``sw`` (several times slower), and a loop over phase rows costs more calls than
-    the repeated gates save.
+    a, j % sw]`` at column ``j``), so the product is one contiguous pass over the map. A 6-d
+    broadcast over the phase view walks the map with stride ``sw`` (several times slower), and
+    a loop over phase rows costs more calls than the repeated gates save. The repeated gates
+    are ``sh/H`` of the map, live next to the input and the output: made for a few channels at
+    a time, they stay under ``1 / _GATE_ROWS_FRACTION`` of it, so the product holds about the
+    memory of a plain ``x * gate``.
     """
     (n, c, h, w), (sh, sw) = x.shape, per_cell.shape[2:]
-    row_gate = per_cell[:, :, :, None, :].expand(n, c, sh, w // sw, sw).reshape(n, c, 1, sh, w)
     # Written through a view of its own output: the result is not a view, so the in-place
     # residual sums after a gate are allowed on it.
     out = torch.empty(x.shape, dtype=torch.result_type(x, per_cell), device=x.device)
-    torch.mul(x.view(n, c, h // sh, sh, w), row_gate, out=out.view(n, c, h // sh, sh, w))
+    planes, rows = n * c, h // sh
+    x_rows, out_rows = x.reshape(planes, rows, sh, w), out.view(planes, rows, sh, w)
+    gates = per_cell.reshape(planes, sh, 1, sw)
+    chunk = max(1, planes * rows // _GATE_ROWS_FRACTION)
+    for start in range(0, planes, chunk):
+        stop = min(start + chunk, planes)
+        row_gate = gates[start:stop].expand(stop - start, sh, w // sw, sw).reshape(-1, 1, sh, w)
+        torch.mul(x_rows[start:stop], row_gate, out=out_rows[start:stop])
     return out
+
+
+# The repeated gate rows of one call of :func:`_scaled` are at most this fraction of its map.
+_GATE_ROWS_FRACTION = 64
 
 
 def _per_phase(x: torch.Tensor, step: Step, reduce: Callable) -> torch.Tensor:

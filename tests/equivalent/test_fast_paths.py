@@ -53,6 +53,26 @@ def test_gate_statistics_on_the_dense_map_equal_the_phase_path(name, step, size,
         torch.testing.assert_close(module.bn.running_var, split.bn.running_var)
 
 
+@pytest.mark.parametrize("rows", [3, 70], ids=["many-chunks", "one-chunk"])
+def test_gated_map_holds_about_the_memory_of_a_plain_gate(rows):
+    from benchmarks._common import peak_memory
+
+    torch.manual_seed(0)
+    module = SEModule(16, rd_channels=4).eval()
+    x = torch.randn(2, 16, rows * 4, 48)
+    split = copy.deepcopy(module)
+    with torch.no_grad():
+        got = gate_on_dense_map(module, channel_gate(module), x, (4, 4))
+        expected = batch_to_space(split(space_to_batch(x, (4, 4))), (4, 4))
+        # The output, the per-phase statistics and gates, and repeated gate rows of a few
+        # channels at a time: not gate rows for the whole map next to it.
+        peak = peak_memory(lambda: gate_on_dense_map(module, channel_gate(module), x, (4, 4)),
+                           torch.device("cpu"))  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # Gate rows for the whole map would be 1/3 of it at three rows per phase.
+    assert peak <= x.nbytes * 1.1
+
+
 def test_gate_statistics_keep_gradients():
     torch.manual_seed(0)
     module = SqueezeExcite(8)
