@@ -63,7 +63,9 @@ def _dilate(module: nn.Module, name: str, stride: int, dilation: int) -> nn.Modu
         raise ValueError(f"{name}: only square kernels and strides are dilated by hand")
     if getattr(module, "ceil_mode", False) or isinstance(module.padding, str):
         raise ValueError(f"{name}: ceil mode and string padding are outside the hand rule")
-    k, d = kernel[0], old_dilation[0] * dilation
+    k = kernel[0]
+    # A 1x1 kernel has no holes to spread: it keeps dilation 1, as timm's dilated models do.
+    d = old_dilation[0] * dilation if k > 1 else old_dilation[0]
     reach = old_dilation[0] * (k - 1)
     if k % 2 == 1:
         if old_padding[0] * 2 != reach:

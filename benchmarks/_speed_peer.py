@@ -5,8 +5,9 @@ output is the original network's where nothing mixes positions (exact for plain 
 nets), wrong where something does (a squeeze-excitation mean over the dilated map reads the
 extra cells). Each row measures, on the same weights and the same input: inference time, a
 training step (forward, a loss, backward) and peak memory of both, ours over timm's as paired
-ratios of interleaved rounds, the lattice error of both, and for a few models the same after
-``torch.compile``.
+ratios of interleaved rounds with a bootstrap interval of their median, the lattice error of
+both, whether both make the same aten calls (then a ratio is the machine's noise) and for a few
+models the same after ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 from benchmarks import _common as C
 from benchmarks._hand_dilated import hand_dilated
+from benchmarks._ops import aten_calls, compare_calls
 
 # Models timed after torch.compile too (compiling is minutes on a CPU: a few suffice).
 COMPILE_MODELS = ("resnet18", "efficientnet_b0")
@@ -96,10 +98,26 @@ def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def median_interval(
+    values: list[float], replicates: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the median of ``values`` (rounds resampled)."""
+    data = torch.tensor(values, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(values), (replicates, len(values)), generator=g)
+    # torch.median takes the lower middle value of an even count: take the mean of both
+    # middles instead, as statistics.median does.
+    ranked = data[picks].sort(dim=1).values
+    n = len(values)
+    medians = (ranked[:, (n - 1) // 2] + ranked[:, n // 2]) / 2
+    low, high = torch.quantile(medians, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return low.item(), high.item()
+
+
 def paired(
     candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int, clock: str
 ) -> dict[str, Any]:
-    """Interleaved timing of two candidates and the median of their per-round ratio."""
+    """Interleaved timing of two candidates, the median of their per-round ratio, its interval."""
     times = C.interleaved(candidates, device, repeats=repeats, clock=clock)
     ours, peer = (times[k]["times"] for k in candidates)
     ratios = [a / b for a, b in zip(ours, peer, strict=True)]
@@ -107,10 +125,26 @@ def paired(
         "ours_median": statistics.median(ours),
         "peer_median": statistics.median(peer),
         "ratio": statistics.median(ratios),
+        "ratio_ci": list(median_interval(ratios)),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "raw": {k: times[k]["times"] for k in candidates},
     }
+
+
+def verdict(timing: dict[str, Any], same_calls: bool) -> str:
+    """How one ratio reads against the 1.00 target, its interval and the aten calls of both.
+
+    ``met``: the median ratio is at most 1.00. ``tie``: above 1.00 but the interval reaches
+    1.00 while both sides make the same aten calls, so the gap is the machine's noise, not
+    work either side does more. ``noise``: the same interval, different calls. ``above``:
+    the whole interval lies above 1.00.
+    """
+    if timing["ratio"] <= 1:
+        return "met"
+    if timing["ratio_ci"][0] > 1:
+        return "above"
+    return "tie" if same_calls else "noise"
 
 
 def measure_peer(
@@ -132,16 +166,29 @@ def measure_peer(
     with torch.no_grad():
         inference = paired(infer, device, args.peer_repeats, args.clock)
         memory = {key: C.peak_memory(fn, device) for key, fn in infer.items()}
+        infer_calls = same_calls(infer)
     training = paired(steps, device, args.peer_repeats, args.clock)
     train_memory = {key: C.peak_memory(fn, device) for key, fn in steps.items()}
+    calls = {"inference": infer_calls, "train": same_calls(steps)}
     return {
         "inference": inference,
         "train": training,
+        "calls": calls,
+        "verdict": {
+            "inference": verdict(inference, calls["inference"]["same"]),
+            "train": verdict(training, calls["train"]["same"]),
+        },
         "train_batch": args.train_batch,
         "peak_memory_bytes": memory,
         "train_peak_memory_bytes": train_memory,
         "lattice_max_rel_error": lattice_errors(original, models, k, x[:1]),
     }
+
+
+def same_calls(candidates: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The aten calls of one call of ours and of the peer, compared (see :mod:`benchmarks._ops`)."""
+    recorded = {key: aten_calls(fn) for key, fn in candidates.items()}
+    return compare_calls(recorded["ours"], recorded["peer"])
 
 
 def measure_compiled(

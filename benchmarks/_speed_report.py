@@ -209,6 +209,23 @@ def _ratio(value: float, target: float = 1.0) -> str:
     return f"{value:.3f}" if value <= target else f"**{value:.3f}**"
 
 
+def _interval(timing: dict[str, Any]) -> str:
+    """The 95% interval of the median ratio, or the range of rounds for older results."""
+    low, high = timing.get("ratio_ci", (timing["ratio_min"], timing["ratio_max"]))
+    return f"{low:.2f}-{high:.2f}"
+
+
+def _calls(compared: dict[str, Any] | None) -> str:
+    """``same`` when both make the same aten calls, else how many calls only each side makes."""
+    if compared is None:
+        return "-"
+    if compared["same"]:
+        return "same"
+    top = list(compared["ops_only_ours"].items())[:3]
+    ops = ", ".join(f"{op.split('.')[1]} {n}" for op, n in top)
+    return f"+{compared['only_ours']} / -{compared['only_peer']} ({ops})"
+
+
 def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
     """Sections 5 and 6: ours against the peer dilated model, eager and compiled."""
     body, compiled, none = [], [], []
@@ -220,12 +237,15 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
         mem, tmem, err = p["peak_memory_bytes"], p["train_peak_memory_bytes"], p[
             "lattice_max_rel_error"]  # fmt: skip
         inf, tr = p["inference"], p["train"]
+        calls, said = p.get("calls", {}), p.get("verdict", {})
         body.append([
             r["model"], r["output_stride"], PEER_KINDS[r.get("peer_kind", "timm")],
             f"{inf['ours_median'] * 1e3:.0f} / {inf['peer_median'] * 1e3:.0f}",
-            _ratio(inf["ratio"]), f"{inf['ratio_min']:.2f}-{inf['ratio_max']:.2f}",
+            _ratio(inf["ratio"]), _interval(inf), _calls(calls.get("inference")),
+            said.get("inference", "-"),
             f"{tr['ours_median'] * 1e3:.0f} / {tr['peer_median'] * 1e3:.0f}",
-            _ratio(tr["ratio"]), f"{tr['ratio_min']:.2f}-{tr['ratio_max']:.2f}",
+            _ratio(tr["ratio"]), _interval(tr), _calls(calls.get("train")),
+            said.get("train", "-"),
             _ratio(mem["ours"] / mem["peer"]), _ratio(tmem["ours"] / tmem["peer"]),
             f"{err['ours']:.1e}", f"{err['peer']:.1e}",
         ])  # fmt: skip
@@ -247,18 +267,29 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
         r["peer"]["inference"]["ratio"] <= 1 and r["peer"]["train"]["ratio"] <= 1 for r in rows
         if r.get("peer")
     )  # fmt: skip
+    tied = sum(
+        set(r["peer"].get("verdict", {}).values()) <= {"met", "tie"}
+        and "tie" in r["peer"].get("verdict", {}).values() for r in rows if r.get("peer")
+    )  # fmt: skip
     lines = [
-        f"## 5. Ours against the peer dilated model (target: <= 1.00; met {met}/{len(body)})",
+        f"## 5. Ours against the peer dilated model (target: <= 1.00; met {met}/{len(body)}, "
+        f"tied on the same aten calls {tied}/{len(body)})",
         "",
         "The peer is `timm.create_model(name, output_stride=OS)` with the same weights (timm); "
         "where timm refuses an output stride, the same network dilated by hand in plain torch "
         "modules by timm's ResNet rule, even kernels padded after the input "
         "(`benchmarks/_hand_dilated.py`; hand). Ours is "
         "`to_dense(model, OS)` as it returns (dilated path). Ratios are ours / peer: the median "
-        f"of the per-round ratios of {rounds} interleaved rounds (range in the next column), "
-        "CPU time of "
-        f"this process. Training step: train mode, batch {train_batch}, forward, a squared-mean "
-        "loss, backward. Peak memory: live tensors of one call (inference) and of one "
+        f"of the per-round ratios of {rounds} interleaved rounds with its 95% bootstrap "
+        "interval (rounds resampled), CPU time of this process. Calls: whether ours makes "
+        "the same aten calls as the peer (the same ops on tensors of the same shapes and "
+        "strides, the same padding and dilation: `benchmarks/_ops.py`), else how many calls "
+        "only ours and only the peer make, and the ops of ours. Verdict: met (ratio <= 1.00), "
+        "tie (above 1.00, the interval reaches 1.00 and the calls are the same: the gap is "
+        "this machine's noise, not work), noise (the same, different calls), above (the whole "
+        "interval above 1.00). "
+        f"Training step: train mode, batch {train_batch}, forward, a squared-mean loss, "
+        "backward. Peak memory: live tensors of one call (inference) and of one "
         "training step (storage the call allocates). Lattice error: the output every k cells "
         "against the original network's, in float64 (timm's is wrong where something mixes "
         "positions). Every model has random norm statistics and affines, so no residual branch "
@@ -271,10 +302,14 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
                 "peer",
                 "inference ms ours / peer",
                 "ratio",
-                "range",
+                "95% CI",
+                "calls",
+                "verdict",
                 "train ms ours / peer",
                 "ratio",
-                "range",
+                "95% CI",
+                "calls",
+                "verdict",
                 "memory",
                 "train memory",
                 "lattice err ours",

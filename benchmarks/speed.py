@@ -271,9 +271,12 @@ def summary(row: dict[str, Any]) -> str:
     peer = row.get("peer")
     if peer is None:
         return f"no peer: {row['peer_refused']}"
+    said = peer["verdict"]
+    calls = "same calls" if peer["calls"]["inference"]["same"] else "other calls"
     return (
-        f"ours/{row.get('peer_kind', 'timm')} inference {peer['inference']['ratio']:.3f}, "
-        f"train {peer['train']['ratio']:.3f}, memory "
+        f"ours/{row.get('peer_kind', 'timm')} inference {peer['inference']['ratio']:.3f} "
+        f"({said['inference']}), train {peer['train']['ratio']:.3f} ({said['train']}), "
+        f"{calls}, memory "
         f"{peer['peak_memory_bytes']['ours'] / peer['peak_memory_bytes']['peer']:.2f}"
     )
 

@@ -49,7 +49,20 @@ def test_speed_quick(tmp_path):
     assert peer["inference"]["ratio"] > 0 and peer["train"]["ratio"] > 0
     assert peer["lattice_max_rel_error"]["ours"] < 1e-4
     assert min(peer["peak_memory_bytes"].values()) > 0
-    assert "## 5. Ours against the peer dilated model" in (tmp_path / "speed.md").read_text()
+    # Both sides' aten calls are recorded. test_resnet's average-pool shortcut is a dilated
+    # depthwise conv on our side (nn.AvgPool2d has no dilation), so the calls differ and the
+    # report says how.
+    for key in ("inference", "train"):
+        calls = peer["calls"][key]
+        assert calls["ours"] > 0 and calls["peer"] > 0
+        assert not calls["same"] and "aten.convolution.default" in calls["ops_only_ours"]
+    for key in ("inference", "train"):
+        low, high = peer[key]["ratio_ci"]
+        assert low <= peer[key]["ratio"] <= high
+        assert peer["verdict"][key] in {"met", "tie", "noise", "above"}
+    report = (tmp_path / "speed.md").read_text()
+    assert "## 5. Ours against the peer dilated model" in report
+    assert "convolution" in report
 
 
 def test_peak_memory_counts_new_storage_only():
