@@ -96,26 +96,33 @@ def peer_table(rows: list[dict[str, Any]]) -> list[str]:
             now, split = region_cost(r)
             cost = f"{100 * now:+.0f}%" + ("" if split is None else f" ({100 * split:+.0f}%)")
         if p is None:
-            body.append([r["model"], r["output_stride"], "none", "", "", "", "", cost])
+            body.append([r["model"], r["output_stride"], "none", "", "", "", "", "", cost])
             continue
         mem = p["peak_memory_bytes"]["ours"] / p["peak_memory_bytes"]["peer"]
         tmem = p["train_peak_memory_bytes"]["ours"] / p["train_peak_memory_bytes"]["peer"]
         err = p["lattice_max_rel_error"]
+        said, calls = p.get("verdict", {}), p.get("calls")
+        same = (
+            ""
+            if calls is None
+            else ("same" if calls["inference"]["same"] and calls["train"]["same"] else "other")
+        )
         body.append([
             r["model"], r["output_stride"], r.get("peer_kind", "timm"),
-            f"{p['inference']['ratio']:.2f}",
-            f"{p['train']['ratio']:.2f}", f"{mem:.2f} / {tmem:.2f}",
-            f"{err['ours']:.0e} / {err['peer']:.0e}", cost,
+            _read(p["inference"], said.get("inference")), _read(p["train"], said.get("train")),
+            same, f"{mem:.2f} / {tmem:.2f}", f"{err['ours']:.0e} / {err['peer']:.0e}", cost,
         ])  # fmt: skip
     if not any(r.get("peer") for r in rows):
         return []
     return [
         "Ours / the peer: timm's own dilated model (`output_stride`), or where timm refuses "
         "one, the same network dilated by hand in plain torch modules (hand); median of paired "
-        "interleaved rounds; memory for inference / training step; lattice error ours / peer; "
-        "region "
-        "cost: what exactness adds over the dilated model without regions (with every gate "
-        "split into phases instead, in brackets):",
+        "interleaved rounds with its 95% interval and verdict (tie: above 1.00 within the "
+        "interval on the same aten calls); calls: whether ours makes the peer's aten calls "
+        "(ops, shapes, strides, arguments), inference and training; memory for inference / "
+        "training step; lattice error ours / peer; region cost: what exactness adds over the "
+        "dilated model without regions (with every gate split into phases instead, in "
+        "brackets):",
         "",
         table(
             [
@@ -124,6 +131,7 @@ def peer_table(rows: list[dict[str, Any]]) -> list[str]:
                 "peer",
                 "inference",
                 "train step",
+                "calls",
                 "memory",
                 "lattice error",
                 "region cost",
@@ -132,6 +140,14 @@ def peer_table(rows: list[dict[str, Any]]) -> list[str]:
         ),
         "",
     ]
+
+
+def _read(timing: dict[str, Any], said: str | None) -> str:
+    """A median ratio with its interval and verdict, where the results carry them."""
+    if said is None or "ratio_ci" not in timing:
+        return f"{timing['ratio']:.2f}"
+    low, high = timing["ratio_ci"]
+    return f"{timing['ratio']:.2f} ({low:.2f}-{high:.2f}, {said})"
 
 
 def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:

@@ -63,6 +63,14 @@ def test_speed_quick(tmp_path):
     report = (tmp_path / "speed.md").read_text()
     assert "## 5. Ours against the peer dilated model" in report
     assert "convolution" in report
+    # The README's table carries the interval, the verdict and whether the calls are the same.
+    section = readme.render(tmp_path)
+    verdicts = r"(met|tie|noise|above)"
+    assert re.search(
+        rf"\| test_resnet \| 8 \| timm \| [\d.]+ \([\d.]+-[\d.]+, {verdicts}\) \| "
+        rf"[\d.]+ \([\d.]+-[\d.]+, {verdicts}\) \| other \|",
+        section,
+    )
 
 
 def test_peak_memory_counts_new_storage_only():
