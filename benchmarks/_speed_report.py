@@ -212,7 +212,7 @@ def _ratio(value: float, target: float = 1.0) -> str:
 def _interval(timing: dict[str, Any]) -> str:
     """The 95% interval of the median ratio, or the range of rounds for older results."""
     low, high = timing.get("ratio_ci", (timing["ratio_min"], timing["ratio_max"]))
-    return f"{low:.2f}-{high:.2f}"
+    return f"{low:.3f}-{high:.3f}"
 
 
 def _calls(compared: dict[str, Any] | None) -> str:

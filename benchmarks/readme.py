@@ -147,7 +147,7 @@ def _read(timing: dict[str, Any], said: str | None) -> str:
     if said is None or "ratio_ci" not in timing:
         return f"{timing['ratio']:.2f}"
     low, high = timing["ratio_ci"]
-    return f"{timing['ratio']:.2f} ({low:.2f}-{high:.2f}, {said})"
+    return f"{timing['ratio']:.3f} ({low:.3f}-{high:.3f}, {said})"
 
 
 def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:
