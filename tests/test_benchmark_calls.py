@@ -11,7 +11,7 @@ from torch import nn
 
 from benchmarks._hand_dilated import hand_dilated
 from benchmarks._ops import aten_calls, compare_calls
-from benchmarks._speed_peer import build_peer, median_interval, train_step, verdict
+from benchmarks._speed_peer import build_peer, median_interval, same_calls, train_step, verdict
 from dense_lightning.equivalent import to_dense
 
 CPU = torch.device("cpu")
@@ -25,13 +25,11 @@ def _features(name: str) -> nn.Module:
 def _compare(ours: nn.Module, peer: nn.Module, size: int = 64) -> dict[str, dict]:
     torch.manual_seed(1)
     x, xt = torch.randn(1, 3, size, size), torch.randn(2, 3, size, size)
+    models = {"ours": ours, "peer": peer}
     with torch.no_grad():
-        inference = compare_calls(
-            aten_calls(lambda: ours.forward_features(x)),
-            aten_calls(lambda: peer.forward_features(x)),
-        )
-    steps = [train_step(copy.deepcopy(m).train(), xt) for m in (ours, peer)]
-    return {"inference": inference, "train": compare_calls(*(aten_calls(s) for s in steps))}
+        inference = same_calls({k: (lambda m=m: m.forward_features(x)) for k, m in models.items()})
+    steps = {k: train_step(copy.deepcopy(m).train(), xt) for k, m in models.items()}
+    return {"inference": inference, "train": same_calls(steps)}
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet26", "regnetx_002", "mobilenetv2_035"])
@@ -59,12 +57,7 @@ def test_per_phase_squeeze_excitation_makes_other_calls():
     # comparison says so instead of calling the two the same work.
     original = _features("regnety_002")
     peer, _ = build_peer("regnety_002", 8, original, CPU)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        result = compare_calls(
-            aten_calls(lambda: to_dense(original, 8).eval().forward_features(x)),
-            aten_calls(lambda: peer.forward_features(x)),
-        )
+    result = _compare(to_dense(original, 8).eval(), peer)["inference"]
     assert not result["same"] and result["only_ours"] > 0
 
 
