@@ -209,7 +209,7 @@ def _ratio(value: float, target: float = 1.0) -> str:
     return f"{value:.3f}" if value <= target else f"**{value:.3f}**"
 
 
-def _interval(timing: dict[str, Any]) -> str:
+def ratio_interval(timing: dict[str, Any]) -> str:
     """The 95% interval of the median ratio, or the range of rounds for older results."""
     low, high = timing.get("ratio_ci", (timing["ratio_min"], timing["ratio_max"]))
     return f"{low:.3f}-{high:.3f}"
@@ -241,10 +241,10 @@ def _peer(rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> list[str]:
         body.append([
             r["model"], r["output_stride"], PEER_KINDS[r.get("peer_kind", "timm")],
             f"{inf['ours_median'] * 1e3:.0f} / {inf['peer_median'] * 1e3:.0f}",
-            _ratio(inf["ratio"]), _interval(inf), _calls(calls.get("inference")),
+            _ratio(inf["ratio"]), ratio_interval(inf), _calls(calls.get("inference")),
             said.get("inference", "-"),
             f"{tr['ours_median'] * 1e3:.0f} / {tr['peer_median'] * 1e3:.0f}",
-            _ratio(tr["ratio"]), _interval(tr), _calls(calls.get("train")),
+            _ratio(tr["ratio"]), ratio_interval(tr), _calls(calls.get("train")),
             said.get("train", "-"),
             _ratio(mem["ours"] / mem["peer"]), _ratio(tmem["ours"] / tmem["peer"]),
             f"{err['ours']:.1e}", f"{err['peer']:.1e}",

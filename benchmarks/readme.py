@@ -144,10 +144,11 @@ def peer_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _read(timing: dict[str, Any], said: str | None) -> str:
     """A median ratio with its interval and verdict, where the results carry them."""
+    from benchmarks._speed_report import ratio_interval
+
     if said is None or "ratio_ci" not in timing:
         return f"{timing['ratio']:.2f}"
-    low, high = timing["ratio_ci"]
-    return f"{timing['ratio']:.3f} ({low:.3f}-{high:.3f}, {said})"
+    return f"{timing['ratio']:.3f} ({ratio_interval(timing)}, {said})"
 
 
 def accuracy_section(payload: dict[str, Any], link: str) -> list[str]:
