@@ -66,7 +66,12 @@ class Fuse(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.down(x))
+        up = self.up(self.down(x))
+        # The branch must meet the map cell for cell: adding a 1x1 branch to a 2x2 map (or a
+        # 2x2 branch to a 1x1 map) only runs by broadcasting, which no fusion layer means.
+        if up.shape != x.shape:
+            raise RuntimeError(f"upsampled branch {tuple(up.shape)} does not meet {tuple(x.shape)}")
+        return x + up
 
 
 @st.composite
